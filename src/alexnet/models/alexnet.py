@@ -29,7 +29,7 @@ class AlexNet(nn.Module):
     half of the previous layer; conv1, conv3 and the classifier see everything.
 
     Pooling rounds up (ceil_mode), as Caffe's reference AlexNet did: at 227 px this
-    changes nothing (55 -> 27 -> 13 -> 6), and it lets inputs down to 55 px through.
+    changes nothing (55 -> 27 -> 13 -> 6), and it lets inputs down to 39 px through.
     """
 
     def __init__(
@@ -92,17 +92,20 @@ class AlexNet(nn.Module):
     def _paper_init(self) -> None:
         # Section 5: weights from N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden
         # fully connected layers (so the ReLUs start with positive inputs), 0 elsewhere.
-        ones = {"features.conv2", "features.conv4", "features.conv5", "classifier.fc6", "classifier.fc7"}
-        for name, m in self.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.constant_(m.bias, 1.0 if name in ones else 0.0)
+        _normal_init(self, ones={"features.conv2", "features.conv4", "features.conv5", "classifier.fc6", "classifier.fc7"})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
+
+
+def _normal_init(model: nn.Module, ones: set[str]) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.constant_(m.bias, 1.0 if name in ones else 0.0)
 
 
 class AlexNetOWT(nn.Module):
@@ -112,8 +115,10 @@ class AlexNetOWT(nn.Module):
     ImageNet weights load into this class and the other way round.
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, *, init: str = "torch"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),  # (B, 64, 55, 55) at 224
             nn.ReLU(inplace=True),
@@ -139,6 +144,10 @@ class AlexNetOWT(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),  # (B, num_classes)
         )
+        if init == "paper":
+            # The 2012 recipe carried over layer for layer: N(0, 0.01) weights, biases 1 in
+            # conv2, conv4, conv5, fc6, fc7.
+            _normal_init(self, ones={"features.3", "features.8", "features.10", "classifier.1", "classifier.4"})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -165,7 +174,7 @@ class AlexNetOWT(nn.Module):
     reproduces="Krizhevsky, Sutskever & Hinton 2012, one-column form: LRN, overlapping pooling, paper init",
     native_size=227,
     num_params=62_378_344,
-    min_size=55,
+    min_size=39,
 )
 def alexnet_paper(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, **kw) -> AlexNet:
     return AlexNet(num_classes, in_channels, dropout, **kw)
@@ -175,7 +184,7 @@ def alexnet_paper(*, num_classes: int = 1000, in_channels: int = 3, dropout: flo
     reproduces="Krizhevsky, Sutskever & Hinton 2012, two-GPU layout (groups=2), the 60M-parameter network",
     native_size=227,
     num_params=60_965_224,
-    min_size=55,
+    min_size=39,
 )
 def alexnet_paper_grouped(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, **kw) -> AlexNet:
     return AlexNet(num_classes, in_channels, dropout, groups=2, **kw)
@@ -187,5 +196,5 @@ def alexnet_paper_grouped(*, num_classes: int = 1000, in_channels: int = 3, drop
     num_params=61_100_840,
     min_size=63,
 )
-def alexnet_owt(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNetOWT:
-    return AlexNetOWT(num_classes, in_channels, dropout)
+def alexnet_owt(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, init: str = "torch") -> AlexNetOWT:
+    return AlexNetOWT(num_classes, in_channels, dropout, init=init)

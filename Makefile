@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make train   create .venv, install the package, fetch Fashion-MNIST, run the main job
+#   make test    create .venv, install the package with its dev extra, run the tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: train test test-all data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist where apt is available and we are root; otherwise the data
+# layer searches --data-dir, $$ALEXNET_DATA, ./data and tries torchvision's downloader.
+data:
+	@if [ ! -f $(FMNIST)/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+train: $(STAMP) data
+	$(BIN)/alexnet train --preset quick --out runs/quick
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP) data
+	$(BIN)/python -m pytest -q -m ''
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,46 @@
+"""The ``alexnet`` command: one sub-command per module, errors as one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from ..errors import AlexNetError
+from . import evaluate, export, predict, summary, train
+
+COMMANDS = (summary, train, evaluate, predict, export)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (status 2), not usage text plus a line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="alexnet", description="AlexNet from scratch: train, evaluate, predict, export.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except AlexNetError as e:
+        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("ALEXNET_DEBUG"):
+            traceback.print_exc()
+        print(f"alexnet {args.command}: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1

@@ -1,0 +1,66 @@
+"""``alexnet export``: TorchScript or ONNX, checked against the PyTorch model's logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..engine.checkpoint import build_model, read_checkpoint
+from ..errors import AlexNetError
+
+TOLERANCE = 1e-4  # max abs difference of logits allowed between PyTorch and the export
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
+    p.add_argument("--checkpoint", required=True, metavar="C")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.set_defaults(run=run)
+
+
+def example_input(ckpt: dict) -> torch.Tensor:
+    spec = ckpt["preprocess"]
+    size, channels = int(spec["image_size"]), int(ckpt["model_args"]["in_channels"])
+    return torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def export_torchscript(model: torch.nn.Module, x: torch.Tensor, out: Path) -> torch.Tensor:
+    traced = torch.jit.trace(model, x)
+    traced.save(str(out))
+    loaded = torch.jit.load(str(out))
+    with torch.no_grad():
+        return loaded(x)
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, out: Path) -> torch.Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise AlexNetError("ONNX export needs the onnx extra: pip install 'alexnet[onnx]'") from None
+    torch.onnx.export(
+        model, (x,), str(out), input_names=["images"], output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def run(args) -> int:
+    ckpt = read_checkpoint(args.checkpoint)
+    model = build_model(ckpt, args.checkpoint).eval()
+    x = example_input(ckpt)
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exported = (export_torchscript if args.format == "torchscript" else export_onnx)(model, x, out)
+    except OSError as e:
+        raise AlexNetError(f"cannot write {out}: {e.strerror or e}") from None
+    with torch.no_grad():
+        reference = model(x)
+    diff = (exported - reference).abs().max().item()
+    if diff > TOLERANCE:
+        raise AlexNetError(f"the {args.format} export differs from the PyTorch model by {diff:.2e} (limit {TOLERANCE:g})")
+    print(f"wrote {out} ({args.format}); max |logit difference| against PyTorch on a test batch: {diff:.2e}")
+    return 0

@@ -1,0 +1,110 @@
+"""``alexnet train``: argument groups fill TrainConfig; presets are overridden by what is given."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import PRESETS, TrainConfig, resolve_config
+from ..data import DATASETS
+from ..engine.checkpoint import read_checkpoint
+from ..errors import AlexNetError
+from ..models import list_models
+
+_BOOL = argparse.BooleanOptionalAction
+
+# (group, flag, options); every dest is a TrainConfig field and defaults to None ("not given").
+ARGUMENTS: list[tuple[str, str, dict]] = [
+    ("Model", "--model", dict(help=f"one of: {', '.join(list_models())}")),
+    ("Model", "--num-classes", dict(type=int, help="default: the dataset's")),
+    ("Model", "--in-channels", dict(type=int, help="default: the dataset's (1 for Fashion-MNIST)")),
+    ("Model", "--dropout", dict(type=float)),
+    ("Model", "--init", dict(choices=("paper", "torch"), help="paper: N(0, 0.01) and the paper's biases; torch: PyTorch's default")),
+    ("Model", "--image-size", dict(type=int, help="input size in pixels")),
+    ("Model", "--init-from", dict(metavar="PATH", help="torchvision AlexNet weights to fine-tune (alexnet_owt)")),
+    ("Data", "--dataset", dict(choices=DATASETS)),
+    ("Data", "--data-dir", dict(metavar="DIR")),
+    ("Data", "--train-dir", dict(metavar="DIR", help="imagefolder: class folders for training")),
+    ("Data", "--val-dir", dict(metavar="DIR", help="imagefolder: class folders (or flat ILSVRC val) for validation")),
+    ("Data", "--val-labels", dict(metavar="FILE", help="imagefolder: labels file for a flat validation folder")),
+    ("Data", "--subset", dict(type=int, metavar="N", help="use only the first N images of each split")),
+    ("Data", "--workers", dict(type=int, help="imagefolder decoding processes")),
+    ("Data", "--download", dict(action=_BOOL, help="try torchvision's downloader when no local copy is found")),
+    ("Optimization", "--optimizer", dict(choices=("sgd", "adamw"))),
+    ("Optimization", "--lr", dict(type=float)),
+    ("Optimization", "--momentum", dict(type=float)),
+    ("Optimization", "--nesterov", dict(action=_BOOL)),
+    ("Optimization", "--weight-decay", dict(type=float)),
+    ("Optimization", "--batch-size", dict(type=int, help="per process; the global batch is this times the world size")),
+    ("Optimization", "--eval-batch-size", dict(type=int)),
+    ("Optimization", "--label-smoothing", dict(type=float)),
+    ("Optimization", "--clip-grad", dict(type=float, metavar="NORM")),
+    ("Optimization", "--scale-lr", dict(action=_BOOL, help="linear scaling rule: lr x global batch / 256")),
+    ("Schedule", "--epochs", dict(type=int)),
+    ("Schedule", "--scheduler", dict(choices=("none", "step", "plateau", "cosine", "onecycle"))),
+    ("Schedule", "--warmup-epochs", dict(type=float)),
+    ("Schedule", "--step-epochs", dict(type=int, help="step: epochs between cuts")),
+    ("Schedule", "--gamma", dict(type=float, help="step/plateau: the factor of each cut")),
+    ("Schedule", "--patience", dict(type=int, help="plateau: epochs without improvement before a cut")),
+    ("Schedule", "--min-lr", dict(type=float)),
+    ("Augmentation", "--crop", dict(action=_BOOL, help="random crops (padded for small images, random-resized for folders)")),
+    ("Augmentation", "--crop-padding", dict(type=int, metavar="PX")),
+    ("Augmentation", "--flip", dict(action=_BOOL, help="random horizontal flips")),
+    ("Augmentation", "--rotate", dict(type=float, metavar="DEG")),
+    ("Augmentation", "--translate", dict(type=float, metavar="FRAC")),
+    ("Augmentation", "--pca-color", dict(type=float, metavar="STD", help="the paper's PCA colour noise; 0.1 in the paper")),
+    ("Augmentation", "--tta", dict(choices=("10crop",), help="validate with the paper's 10-crop test")),
+    ("Runtime", "--device", dict(help="auto, cpu, cuda, cuda:N or mps")),
+    ("Runtime", "--amp", dict(action=_BOOL, help="mixed precision: bfloat16 on CPU, bfloat16/float16 on CUDA")),
+    ("Runtime", "--compile", dict(action=_BOOL, help="torch.compile the model")),
+    ("Runtime", "--channels-last", dict(action=_BOOL)),
+    ("Runtime", "--threads", dict(type=int)),
+    ("Runtime", "--seed", dict(type=int)),
+    ("Runtime", "--deterministic", dict(action=_BOOL)),
+    ("Runtime", "--max-steps", dict(type=int, metavar="N", help="stop after N optimizer steps")),
+    ("Runtime", "--progress", dict(action=_BOOL, help="tqdm progress bars")),
+    ("Output", "--out", dict(metavar="RUN_DIR")),
+    ("Output", "--resume", dict(metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")),
+]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train AlexNet. A preset sets documented defaults; every flag given overrides it.",
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for group, flag, options in ARGUMENTS:
+        g = groups.setdefault(group, p.add_argument_group(group))
+        g.add_argument(flag, default=None, **options)
+    p.set_defaults(run=run)
+
+
+def given(args) -> dict:
+    fields = set(TrainConfig.__dataclass_fields__)
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def config_from_args(args) -> TrainConfig:
+    overrides = given(args)
+    if args.resume is not None:
+        # The run's own configuration, with what is given now on top (e.g. more --epochs).
+        path = Path(args.resume) / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise AlexNetError(f"nothing to resume in {args.resume}: {path} does not exist")
+        stored = read_checkpoint(path).get("config")
+        if not isinstance(stored, dict):
+            raise AlexNetError(f"{path} holds no configuration")
+        base = {**stored, **overrides}
+        return resolve_config(None, base)
+    return resolve_config(args.preset, overrides)
+
+
+def run(args) -> int:
+    from ..engine import fit
+
+    cfg = config_from_args(args)
+    result = fit(cfg)
+    return 0 if result["eval"] else 1

@@ -1,0 +1,150 @@
+"""Checkpoints: written atomically, read without running code from the file.
+
+A training checkpoint is a plain dictionary of tensors, numbers, strings, lists and
+dicts, so ``torch.load(weights_only=True)`` reads all of it:
+
+    model, optimizer, schedule, scaler      state_dicts (the unwrapped model's: no prefixes)
+    epoch, step                             completed epochs and optimizer steps
+    rng                                     torch (CPU and CUDA) and Python random states
+    config                                  the resolved TrainConfig as a dict
+    model_args                              name and keyword arguments for create_model
+    class_names, preprocess                 what inference needs
+    best_top1, metrics                      the best validation top-1 so far, the last row
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import AlexNetError
+from ..models import create_model
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync it, then rename it over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise AlexNetError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise AlexNetError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a file with ``weights_only=True``; anything that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise AlexNetError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AlexNetError(
+            f"refusing to load {path}: it holds objects that only unsafe unpickling would create ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise AlexNetError(f"{path} is not a readable checkpoint: {reason}") from None
+    if not isinstance(obj, dict):
+        raise AlexNetError(f"{path} is not a checkpoint: expected a dictionary, found {type(obj).__name__}")
+    return obj
+
+
+def model_state(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    state = ckpt.get("model", ckpt)  # a bare state_dict (e.g. torchvision's weights file) is accepted too
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AlexNetError(f"{path} holds no model weights")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)``, with a one-line message that names what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong)):
+            if items:
+                shown = ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+                parts.append(f"{label}: {shown}")
+        raise AlexNetError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def build_model(ckpt: dict[str, Any], path: str | os.PathLike) -> nn.Module:
+    args = ckpt.get("model_args")
+    if not isinstance(args, dict) or "name" not in args:
+        raise AlexNetError(f"{path} is not a training checkpoint of this package (no model_args)")
+    kwargs = {k: v for k, v in args.items() if k != "name"}
+    model = create_model(args["name"], **kwargs)
+    load_model_state(model, model_state(ckpt, path), str(path))
+    return model
+
+
+def load_for_inference(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """(model in eval mode, class names, preprocess) from a training checkpoint."""
+    from ..data import build_preprocess
+
+    ckpt = read_checkpoint(path, map_location)
+    model = build_model(ckpt, path).eval()
+    class_names = list(ckpt.get("class_names") or [str(i) for i in range(ckpt["model_args"]["num_classes"])])
+    preprocess = build_preprocess(ckpt["preprocess"])
+    return model, class_names, preprocess
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    # weights_only loading hands tuples back as they were saved, but be tolerant of lists.
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

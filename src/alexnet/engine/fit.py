@@ -1,0 +1,407 @@
+"""A whole training run: wires data, model, optimizer, schedule, checkpoints and pictures together.
+
+``fit(cfg)`` takes a resolved ``TrainConfig``; it knows nothing of argparse.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import plots
+from ..config import TrainConfig
+from ..data import DataConfig, DatasetInfo, build_loaders
+from ..errors import AlexNetError
+from ..models import create_model, model_info
+from . import distributed as dist
+from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .evaluate import evaluate
+from .optim import LRSchedule, create_optimizer
+from .train import StepOptions, train_one_epoch
+
+METRICS_FIELDS = [
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "images_per_s", "epoch_time_s",
+]  # fmt: skip
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AlexNetError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AlexNetError("--device cuda was asked for, but no CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise AlexNetError("--device mps was asked for, but MPS is not available")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def amp_context(device: torch.device, enabled: bool):
+    """The one mixed-precision path: bfloat16 on CPU (and on CUDA where supported), else float16."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
+    return autocast, scaler
+
+
+def data_config(cfg: TrainConfig) -> DataConfig:
+    kw: dict[str, Any] = dict(
+        dataset=cfg.dataset,
+        data_dir=cfg.data_dir,
+        train_dir=cfg.train_dir,
+        val_dir=cfg.val_dir,
+        val_labels=cfg.val_labels,
+        download=cfg.download,
+        subset=cfg.subset,
+        image_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        workers=cfg.workers,
+        crop=cfg.crop,
+        flip=cfg.flip,
+        rotate=cfg.rotate,
+        translate=cfg.translate,
+        pca_color=cfg.pca_color,
+    )
+    if cfg.crop_padding is not None:
+        kw["crop_padding"] = cfg.crop_padding
+    return DataConfig(**kw)
+
+
+def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
+    """An image too small for the network is a one-line error, not a pooling traceback."""
+    try:
+        with torch.no_grad():
+            model.features(torch.zeros(1, in_channels, image_size, image_size))
+    except RuntimeError:
+        smallest = model_info(name).min_size
+        raise AlexNetError(
+            f"--image-size {image_size} is too small for {name}; the smallest it takes is {smallest} px"
+        ) from None
+
+
+def init_from_torchvision(model: nn.Module, path: str, in_channels: int, num_classes: int) -> list[str]:
+    """Load a torchvision AlexNet weights file into alexnet_owt, adapting its ends.
+
+    A 1-channel model gets conv1's kernels summed over RGB (a grey image x equals the RGB
+    image (x, x, x), so the summed kernel gives the same response); a different class count
+    gets a freshly initialised last layer. Returns what was adapted.
+    """
+    state = dict(model_state(read_checkpoint(path), path))
+    notes = []
+    w = state.get("features.0.weight")
+    if w is not None and w.shape[1] != in_channels:
+        if in_channels == 1:
+            state["features.0.weight"] = w.sum(1, keepdim=True)
+            notes.append("conv1 summed over RGB for 1 channel")
+        else:
+            raise AlexNetError(f"{path}: cannot adapt conv1 from {w.shape[1]} to {in_channels} channels")
+    own = model.state_dict()
+    for key in ("classifier.6.weight", "classifier.6.bias"):
+        if key in state and state[key].shape != own[key].shape:
+            state[key] = own[key]
+            if key.endswith("weight"):
+                notes.append(f"last layer replaced: {state.get('classifier.6.bias', own[key]).shape[0]} -> {num_classes} classes")
+    load_model_state(model, state, path)
+    return notes
+
+
+class RunDirectory:
+    """config.json, metrics.csv, checkpoints/, plots/ and TensorBoard events; rank 0 writes."""
+
+    def __init__(self, root: Path, enabled: bool):
+        self.root, self.enabled = root, enabled
+        self.ckpt_dir, self.plot_dir = root / "checkpoints", root / "plots"
+        self.metrics_path = root / "metrics.csv"
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self.plot_dir.mkdir(parents=True, exist_ok=True)
+            probe = root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise AlexNetError(f"cannot write to the output directory {root}: {e.strerror or e}") from None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(root))
+        except ImportError:  # tensorboard is an optional extra
+            self.writer = None
+
+    def write_config(self, cfg: TrainConfig, extra: dict) -> None:
+        if self.enabled:
+            (self.root / "config.json").write_text(json.dumps({**cfg.to_dict(), **extra}, indent=2) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open() as f:
+            return list(csv.DictReader(f))
+
+    def append_metrics(self, row: dict, keep_epochs: int) -> None:
+        """Add a row; rows beyond ``keep_epochs - 1`` (left by a run that died after writing them) go."""
+        if not self.enabled:
+            return
+        rows = [r for r in self.read_metrics() if int(r["epoch"]) < keep_epochs] + [row]
+        tmp = self.metrics_path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r[k] for k in METRICS_FIELDS})
+        os.replace(tmp, self.metrics_path)
+        if self.writer is not None:
+            for k in METRICS_FIELDS[1:]:
+                self.writer.add_scalar(k, float(row[k]), int(row["epoch"]))
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model}-{cfg.dataset}-{stamp}"
+
+
+def log(msg: str) -> None:
+    if dist.is_main_process():
+        print(msg, flush=True)
+
+
+def fit(cfg: TrainConfig) -> dict:
+    """Train and evaluate as ``cfg`` says; returns the final evaluation and the run directory."""
+    device = select_device(cfg.device)
+    rank, world_size, local_rank = dist.init_distributed(device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + rank, cfg.deterministic)
+
+    resume_ckpt = None
+    if cfg.resume is not None:
+        resume_path = Path(cfg.resume) / "checkpoints" / "last.pt"
+        if not resume_path.is_file():
+            raise AlexNetError(f"nothing to resume in {cfg.resume}: {resume_path} does not exist")
+        resume_ckpt = read_checkpoint(resume_path)
+
+    train_loader, val_loader, info = build_loaders(
+        data_config(cfg),
+        device=device,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        tta=cfg.tta,
+    )
+    num_classes = cfg.num_classes or info.num_classes
+    in_channels = info.in_channels
+    if num_classes < info.num_classes:
+        raise AlexNetError(f"--num-classes {num_classes} is fewer than the dataset's {info.num_classes} classes")
+    model_args = dict(name=cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout)
+    model = create_model(cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout, init=cfg.init)
+    check_input_size(model, cfg.model, in_channels, cfg.image_size)
+    if cfg.init_from is not None and resume_ckpt is None:
+        for note in init_from_torchvision(model, cfg.init_from, in_channels, num_classes):
+            log(f"init-from: {note}")
+    model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    global_batch = cfg.batch_size * world_size
+    lr = cfg.lr * global_batch / 256 if cfg.scale_lr else cfg.lr
+    optimizer = create_optimizer(
+        model.parameters(), cfg.optimizer, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    schedule = LRSchedule(
+        optimizer,
+        cfg.scheduler,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        step_epochs=cfg.step_epochs,
+        gamma=cfg.gamma,
+        patience=cfg.patience,
+        min_lr=cfg.min_lr,
+    )
+    autocast, scaler = amp_context(device, cfg.amp)
+
+    start_epoch, step, best_top1 = 0, 0, -1.0
+    if resume_ckpt is not None:
+        load_model_state(model, model_state(resume_ckpt, cfg.resume), str(cfg.resume))
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        schedule.load_state_dict(resume_ckpt["schedule"])
+        scaler.load_state_dict(resume_ckpt["scaler"])
+        start_epoch, step = int(resume_ckpt["epoch"]), int(resume_ckpt["step"])
+        best_top1 = float(resume_ckpt.get("best_top1", -1.0))
+        set_rng_state(resume_ckpt["rng"])
+
+    net: nn.Module = model
+    if cfg.compile:
+        net = torch.compile(net)
+    if world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    run = RunDirectory(Path(cfg.resume or cfg.out or default_run_dir(cfg)), enabled=dist.is_main_process())
+    extra = {"resolved": {"device": str(device), "world_size": world_size, "global_batch": global_batch, "lr": lr,
+                          "num_classes": num_classes, "in_channels": in_channels, "class_names": info.class_names,
+                          "mean": list(info.mean), "std": list(info.std)}}  # fmt: skip
+    run.write_config(cfg, extra)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    opts = StepOptions(
+        autocast=autocast,
+        scaler=scaler,
+        clip_grad=cfg.clip_grad,
+        channels_last=cfg.channels_last,
+        max_steps=cfg.max_steps,
+        sync_every=1 if device.type == "cpu" else 20,
+    )
+    log(
+        f"{cfg.model} on {info.name} ({info.train_size} train / {info.val_size} val images, {num_classes} classes, "
+        f"{in_channels}x{cfg.image_size}x{cfg.image_size}), device {device}, world size {world_size}, "
+        f"batch {global_batch}, lr {lr:g}, run directory {run.root}"
+    )
+
+    def checkpoint(epoch: int, metrics_row: dict) -> dict:
+        return {
+            "model": dist.unwrap(net).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "rng": rng_state(),
+            "config": cfg.to_dict(),
+            "model_args": model_args,
+            "class_names": list(info.class_names),
+            "preprocess": info.preprocess,
+            "best_top1": best_top1,
+            "metrics": metrics_row,
+        }
+
+    result: dict = {}
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train_metrics, step = train_one_epoch(
+            net, train_loader, optimizer, schedule, loss_fn, step=step, opts=opts,
+            progress=cfg.progress and dist.is_main_process(), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )  # fmt: skip
+        train_metrics = reduce_train_metrics(train_metrics, device)
+        result = evaluate(
+            net, val_loader, num_classes, autocast=autocast, channels_last=cfg.channels_last,
+            keep_mistakes=32, progress=cfg.progress and dist.is_main_process(), desc="validate",
+        )  # fmt: skip
+        epoch_time = time.perf_counter() - t0
+        cut = schedule.epoch_end(1.0 - result["top1"])
+        row = {
+            "epoch": epoch + 1,
+            "lr": f"{train_metrics['lr']:.6g}",
+            "train_loss": f"{train_metrics['train_loss']:.6f}",
+            "train_acc": f"{train_metrics['train_acc']:.6f}",
+            "val_loss": f"{result['loss']:.6f}",
+            "val_top1": f"{result['top1']:.6f}",
+            "val_top5": f"{result['top5']:.6f}",
+            "images_per_s": f"{train_metrics['images_per_s']:.2f}",
+            "epoch_time_s": f"{epoch_time:.2f}",
+        }
+        improved = result["top1"] > best_top1
+        best_top1 = max(best_top1, result["top1"])
+        run.append_metrics(row, keep_epochs=epoch + 1)
+        if dist.is_main_process():
+            state = checkpoint(epoch + 1, row)
+            save_checkpoint(state, run.ckpt_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, run.ckpt_dir / "best.pt")
+        skipped = getattr(train_loader, "skipped", 0) + getattr(val_loader, "skipped", 0)
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_metrics['train_loss']:.4f} acc {100 * train_metrics['train_acc']:.2f}%"
+            f"  val loss {result['loss']:.4f} top-1 {100 * result['top1']:.2f}% top-5 {100 * result['top5']:.2f}%"
+            f"  {train_metrics['images_per_s']:.0f} img/s  {epoch_time:.0f}s  lr {train_metrics['lr']:.3g}"
+            + ("  (lr cut)" if cut else "")
+            + (f"  [{skipped} unreadable images skipped]" if skipped else "")
+        )
+    dist.barrier()
+    if dist.is_main_process() and result:
+        write_plots(run, result, info)
+        log(
+            f"test accuracy: {100 * result['top1']:.2f}% top-1, {100 * result['top5']:.2f}% top-5 "
+            f"on {result['n']} {info.name} {'validation' if info.name == 'imagefolder' else 'test'} images "
+            f"(epoch {epoch + 1}, step {step}); run directory {run.root}"
+        )
+    run.close()
+    dist.cleanup()
+    return {"eval": result, "run_dir": str(run.root), "step": step}
+
+
+def reduce_train_metrics(m: dict, device: torch.device) -> dict:
+    """Average the per-rank training loss and accuracy over all samples of all ranks."""
+    if dist.get_world_size() == 1 or "seen" not in m:
+        return m
+    t = torch.tensor([m["train_loss"] * m["seen"], m["train_acc"] * m["seen"], m["seen"], m["images_per_s"]],
+                     dtype=torch.float64, device=device)  # fmt: skip
+    dist.all_reduce_sum(t)
+    seen = t[2].item()
+    return {**m, "train_loss": t[0].item() / seen, "train_acc": t[1].item() / seen, "images_per_s": t[3].item()}
+
+
+def write_plots(run: RunDirectory, result: dict, info: DatasetInfo) -> None:
+    rows = run.read_metrics()
+    if rows:
+        plots.plot_curves(rows, run.plot_dir / "curves.png")
+    plots.plot_confusion(result["confusion"], info.class_names, run.plot_dir / "confusion.png")
+    (run.plot_dir / "confusion.json").write_text(
+        json.dumps({"class_names": list(info.class_names), "matrix": result["confusion"]}) + "\n"
+    )
+    if result["mistakes"]:
+        imgs, titles = [], []
+        for img, true, pred in result["mistakes"]:
+            imgs.append(img)
+            titles.append(f"true {info.class_names[true]}\npred {info.class_names[pred]}")
+        plots.plot_images(imgs, titles, run.plot_dir / "misclassified.png", mean=info.mean, std=info.std,
+                          suptitle="Misclassified validation images")  # fmt: skip
+
+

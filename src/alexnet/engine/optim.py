@@ -1,0 +1,116 @@
+"""Factories for the optimizer and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("none", "step", "plateau", "cosine", "onecycle")
+
+
+def create_optimizer(
+    params, name: str, *, lr: float, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class LRSchedule:
+    """The learning rate as a function of the optimizer step, set before every step.
+
+    One object covers every schedule so that warm-up composes with all of them and the
+    whole state is three numbers in the checkpoint:
+
+    - none: constant; step: times ``gamma`` every ``step_epochs`` epochs;
+    - plateau: the paper's rule, times ``gamma`` when the validation error has not improved
+      for ``patience`` epochs (call ``epoch_end``);
+    - cosine: from the base rate down to ``min_lr`` over the run;
+    - onecycle: up from base/25 to the base rate over the first 25% of steps, then down to
+      base/2.5e5 (the shape and constants of ``torch.optim.lr_scheduler.OneCycleLR``).
+
+    A linear warm-up over ``warmup_steps`` multiplies the result (not for onecycle, which
+    has its own).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        kind: str,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        warmup_steps: int = 0,
+        step_epochs: int = 30,
+        gamma: float = 0.1,
+        patience: int = 2,
+        min_lr: float = 0.0,
+    ):
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.optimizer = optimizer
+        self.kind = kind
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.total_steps = max(1, total_steps)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.warmup_steps = 0 if kind == "onecycle" else warmup_steps
+        self.step_epochs, self.gamma, self.patience, self.min_lr = step_epochs, gamma, patience, min_lr
+        # plateau state
+        self.scale = 1.0
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def factor(self, step: int) -> float:
+        """The multiplier on the base rate before the optimizer's ``step``-th update (0-based)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        if self.kind in ("none", "plateau"):
+            return warm * self.scale
+        if self.kind == "step":
+            return warm * self.gamma ** (step // (self.step_epochs * self.steps_per_epoch))
+        if self.kind == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            t = min(1.0, max(0.0, (step - self.warmup_steps) / span))
+            return warm * 0.5 * (1.0 + math.cos(math.pi * t))
+        # onecycle
+        up = max(1, int(0.25 * self.total_steps))
+        start, end = 1 / 25, 1 / 25 / 1e4
+        if step < up:
+            return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / up))
+        t = min(1.0, (step - up) / max(1, self.total_steps - up))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def step(self, step: int) -> float:
+        """Set every group's rate for the update about to happen; return the first group's."""
+        f = self.factor(step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            lr = base * f
+            if self.kind == "cosine":
+                lr = max(lr, self.min_lr) if step >= self.warmup_steps else lr
+            group["lr"] = lr
+        return self.optimizer.param_groups[0]["lr"]
+
+    def epoch_end(self, val_error: float) -> bool:
+        """Feed the epoch's validation error; for plateau, returns True when the rate was cut."""
+        if self.kind != "plateau":
+            return False
+        if val_error < self.best - 1e-9:
+            self.best, self.bad_epochs = val_error, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs < self.patience:
+            return False
+        smallest = min(self.base_lrs)
+        if smallest * self.scale * self.gamma >= self.min_lr or self.min_lr == 0:
+            self.scale *= self.gamma
+        self.bad_epochs = 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs, "base_lrs": self.base_lrs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
+        self.base_lrs = list(state["base_lrs"])

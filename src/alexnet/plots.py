@@ -1,0 +1,95 @@
+"""Pictures of a run: learning curves, the confusion matrix, misclassified and sample images.
+
+Each function draws one figure and saves it as PNG; matplotlib's Agg backend, so no
+screen is needed. The notebook calls the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
+    """Loss and accuracy per epoch, train against validation, from metrics.csv rows."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
+    ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_acc.plot(epochs, [100 * float(r["train_acc"]) for r in rows], "o-", label="train")
+    ax_acc.plot(epochs, [100 * float(r["val_top1"]) for r in rows], "o-", label="validation top-1")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts written in."""
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    norm = m / m.sum(1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    size = max(5.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_images(
+    images: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    path: str | Path,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """A grid of images (C, H, W), undoing the normalisation when mean and std are given."""
+    count = max(1, len(images))
+    cols = min(8, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles):
+        ax.imshow(to_displayable(img, mean, std), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def to_displayable(img: torch.Tensor, mean=None, std=None):
+    """(C, H, W) float or uint8 -> (H, W) or (H, W, 3) float array in [0, 1] for imshow."""
+    x = img.detach().float().cpu()
+    if img.dtype == torch.uint8:
+        x = x / 255
+    elif mean is not None and std is not None:
+        x = x * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    x = x.clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
