@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except AlexNetError as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)  # a graceful stop on a signal carries 128 + its number
+        print(f"alexnet {args.command}: {'' if code != 2 else 'error: '}{e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -39,9 +39,11 @@ def export_onnx(model: torch.nn.Module, x: torch.Tensor, out: Path) -> torch.Ten
         import onnxruntime as ort
     except ImportError:
         raise AlexNetError("ONNX export needs the onnx extra: pip install 'alexnet[onnx]'") from None
+    # torch.export-based exporter: the legacy one cannot express adaptive pooling to 6x6 from
+    # a map that is not a multiple of 6 (any input below 227 px).
     torch.onnx.export(
         model, (x,), str(out), input_names=["images"], output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
     )  # fmt: skip
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])

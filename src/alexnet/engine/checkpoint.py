@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import random
 import tempfile
 import zipfile
@@ -75,10 +76,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AlexNetError(
-            f"refusing to load {path}: it holds objects that only unsafe unpickling would create ({first[:160]})"
-        ) from None
+        blocked = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(e))
+        if blocked:
+            name = (blocked.group(1) or blocked.group(2)).rstrip(".")
+            raise AlexNetError(
+                f"refusing to load {path}: it asks to create {name}, which only unsafe unpickling would run"
+            ) from None
+        raise AlexNetError(f"{path} is not a readable checkpoint: not a PyTorch weights file") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise AlexNetError(f"{path} is not a readable checkpoint: {reason}") from None

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import random
-import sys
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,20 @@ from . import distributed as dist
 from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
 from .optim import LRSchedule, create_optimizer
+from .signals import StopRequest
 from .train import StepOptions, train_one_epoch
 
 METRICS_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "images_per_s", "epoch_time_s",
 ]  # fmt: skip
+
+
+class TrainingStopped(AlexNetError):
+    """Training stopped on a signal after saving a checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def select_device(name: str) -> torch.device:
@@ -250,9 +258,9 @@ def fit(cfg: TrainConfig) -> dict:
         model.parameters(), cfg.optimizer, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
     )
     steps_per_epoch = len(train_loader)
+    # Planned on epochs: --max-steps stops a run early but does not reshape its schedule,
+    # so a run stopped and resumed follows the same learning rates as one that was not.
     total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
     schedule = LRSchedule(
         optimizer,
         cfg.scheduler,
@@ -302,7 +310,8 @@ def fit(cfg: TrainConfig) -> dict:
         f"batch {global_batch}, lr {lr:g}, run directory {run.root}"
     )
 
-    def checkpoint(epoch: int, metrics_row: dict) -> dict:
+    def checkpoint(epoch: int, metrics_row: dict | None, unfinished: dict | None = None) -> dict:
+        """``epoch`` completed epochs; ``unfinished``: the train metrics of an epoch cut short."""
         return {
             "model": dist.unwrap(net).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -317,52 +326,74 @@ def fit(cfg: TrainConfig) -> dict:
             "preprocess": info.preprocess,
             "best_top1": best_top1,
             "metrics": metrics_row,
+            "batch_in_epoch": unfinished["batches"] if unfinished else 0,
+            "partial": unfinished["partial"] if unfinished else None,
         }
 
     result: dict = {}
-    epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-        train_loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        train_metrics, step = train_one_epoch(
-            net, train_loader, optimizer, schedule, loss_fn, step=step, opts=opts,
-            progress=cfg.progress and dist.is_main_process(), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        )  # fmt: skip
-        train_metrics = reduce_train_metrics(train_metrics, device)
-        result = evaluate(
-            net, val_loader, num_classes, autocast=autocast, channels_last=cfg.channels_last,
-            keep_mistakes=32, progress=cfg.progress and dist.is_main_process(), desc="validate",
-        )  # fmt: skip
-        epoch_time = time.perf_counter() - t0
-        cut = schedule.epoch_end(1.0 - result["top1"])
-        row = {
-            "epoch": epoch + 1,
-            "lr": f"{train_metrics['lr']:.6g}",
-            "train_loss": f"{train_metrics['train_loss']:.6f}",
-            "train_acc": f"{train_metrics['train_acc']:.6f}",
-            "val_loss": f"{result['loss']:.6f}",
-            "val_top1": f"{result['top1']:.6f}",
-            "val_top5": f"{result['top5']:.6f}",
-            "images_per_s": f"{train_metrics['images_per_s']:.2f}",
-            "epoch_time_s": f"{epoch_time:.2f}",
-        }
-        improved = result["top1"] > best_top1
-        best_top1 = max(best_top1, result["top1"])
-        run.append_metrics(row, keep_epochs=epoch + 1)
-        if dist.is_main_process():
-            state = checkpoint(epoch + 1, row)
-            save_checkpoint(state, run.ckpt_dir / "last.pt")
-            if improved:
-                save_checkpoint(state, run.ckpt_dir / "best.pt")
-        skipped = getattr(train_loader, "skipped", 0) + getattr(val_loader, "skipped", 0)
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_metrics['train_loss']:.4f} acc {100 * train_metrics['train_acc']:.2f}%"
-            f"  val loss {result['loss']:.4f} top-1 {100 * result['top1']:.2f}% top-5 {100 * result['top5']:.2f}%"
-            f"  {train_metrics['images_per_s']:.0f} img/s  {epoch_time:.0f}s  lr {train_metrics['lr']:.3g}"
-            + ("  (lr cut)" if cut else "")
-            + (f"  [{skipped} unreadable images skipped]" if skipped else "")
+    epoch, stopped_by = start_epoch, None
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            if (cfg.max_steps is not None and step >= cfg.max_steps) or stop.requested:
+                break
+            first = epoch == start_epoch and resume_ckpt is not None
+            start_batch = int(resume_ckpt.get("batch_in_epoch", 0)) if first else 0
+            train_loader.set_epoch(epoch, start_batch=start_batch)
+            t0 = time.perf_counter()
+            train_metrics, step = train_one_epoch(
+                net, train_loader, optimizer, schedule, loss_fn, step=step, opts=opts,
+                progress=cfg.progress and dist.is_main_process(), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                start_batch=start_batch, partial=resume_ckpt.get("partial") if first else None, stop=stop,
+            )  # fmt: skip
+            if stop.requested and not train_metrics["complete"]:
+                # No evaluation: the user asked to stop; save exactly where the epoch stands.
+                stopped_by = stop.signal_name
+                if dist.is_main_process():
+                    save_checkpoint(checkpoint(epoch, None, train_metrics), run.ckpt_dir / "last.pt")
+                break
+            train_metrics = reduce_train_metrics(train_metrics, device)
+            result = evaluate(
+                net, val_loader, num_classes, autocast=autocast, channels_last=cfg.channels_last,
+                keep_mistakes=32, progress=cfg.progress and dist.is_main_process(), desc="validate",
+            )  # fmt: skip
+            epoch_time = time.perf_counter() - t0
+            cut = schedule.epoch_end(1.0 - result["top1"]) if train_metrics["complete"] else False
+            row = {
+                "epoch": epoch + 1,
+                "lr": f"{train_metrics['lr']:.6g}",
+                "train_loss": f"{train_metrics['train_loss']:.6f}",
+                "train_acc": f"{train_metrics['train_acc']:.6f}",
+                "val_loss": f"{result['loss']:.6f}",
+                "val_top1": f"{result['top1']:.6f}",
+                "val_top5": f"{result['top5']:.6f}",
+                "images_per_s": f"{train_metrics['images_per_s']:.2f}",
+                "epoch_time_s": f"{epoch_time:.2f}",
+            }
+            improved = result["top1"] > best_top1
+            best_top1 = max(best_top1, result["top1"])
+            run.append_metrics(row, keep_epochs=epoch + 1)
+            if dist.is_main_process():
+                done = train_metrics["complete"]
+                state = checkpoint(epoch + 1 if done else epoch, row, None if done else train_metrics)
+                save_checkpoint(state, run.ckpt_dir / "last.pt")
+                if improved:
+                    save_checkpoint(state, run.ckpt_dir / "best.pt")
+            skipped = getattr(train_loader, "skipped", 0) + getattr(val_loader, "skipped", 0)
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_metrics['train_loss']:.4f} "
+                f"acc {100 * train_metrics['train_acc']:.2f}%  val loss {result['loss']:.4f} "
+                f"top-1 {100 * result['top1']:.2f}% top-5 {100 * result['top5']:.2f}%  "
+                f"{train_metrics['images_per_s']:.0f} img/s  {epoch_time:.0f}s  lr {train_metrics['lr']:.3g}"
+                + ("" if train_metrics["complete"] else f"  (stopped at step {step}, --max-steps)")
+                + ("  (lr cut)" if cut else "")
+                + (f"  [{skipped} unreadable images skipped]" if skipped else "")
+            )
+    if stopped_by is not None:
+        run.close()
+        dist.cleanup()
+        raise TrainingStopped(
+            f"stopped by {stopped_by} at step {step}; checkpoint saved, continue with: alexnet train --resume {run.root}",
+            128 + getattr(signal, stopped_by),
         )
     dist.barrier()
     if dist.is_main_process() and result:

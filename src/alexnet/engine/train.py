@@ -42,20 +42,32 @@ def train_one_epoch(
     opts: StepOptions,
     progress: bool = False,
     desc: str = "train",
+    start_batch: int = 0,
+    partial: dict | None = None,
+    stop=None,
 ) -> tuple[dict[str, float], int]:
-    """Train over ``loader`` once (or until ``opts.max_steps``); returns (metrics, global step)."""
+    """Train over ``loader`` once; returns (metrics, global step).
+
+    The epoch ends early at ``opts.max_steps`` or when ``stop.requested`` (a signal); then
+    ``metrics["batches"]`` is less than ``len(loader)`` and ``metrics["partial"]`` holds the
+    running sums, so a resumed run (``start_batch``, ``partial``) reports the same figures as
+    one that was never stopped. The loader must already start at ``start_batch``.
+    """
     model.train()
     autocast = opts.autocast if opts.autocast is not None else contextlib.nullcontext()
     scaler = opts.scaler if opts.scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, lr = 0, schedule.optimizer.param_groups[0]["lr"]
+    partial = partial or {}
+    loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=device)
+    correct = torch.tensor(int(partial.get("correct", 0)), device=device, dtype=torch.long)
+    seen, lr = int(partial.get("seen", 0)), schedule.optimizer.param_groups[0]["lr"]
+    seen_before, batches = seen, start_batch
     start = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=desc, disable=not progress, leave=False, dynamic_ncols=True, unit="batch")
+    bar = tqdm(total=len(loader), initial=start_batch, desc=desc, disable=not progress, leave=False,
+               dynamic_ncols=True, unit="batch")  # fmt: skip
     try:
-        for i, (images, labels) in enumerate(loader):
-            if opts.max_steps is not None and step >= opts.max_steps:
+        for i, (images, labels) in enumerate(loader, start=start_batch):
+            if (opts.max_steps is not None and step >= opts.max_steps) or (stop is not None and stop.requested):
                 break
             lr = schedule.step(step)
             if opts.channels_last:
@@ -71,6 +83,7 @@ def train_one_epoch(
             scaler.step(optimizer)
             scaler.update()
             step += 1
+            batches += 1
             n = labels.shape[0]
             seen += n
             loss_sum += loss.detach().float() * n
@@ -82,21 +95,20 @@ def train_one_epoch(
                         f"loss became {loss.item()} at step {step} (lr {lr:.3g}); "
                         "try a lower --lr, --clip-grad 1.0, or --init torch"
                     )
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{mean_loss:.4f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{seen / elapsed:.0f}", lr=f"{lr:.3g}"
-                )
+                rate = (seen - seen_before) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
             bar.update(1)
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    if seen == 0:
-        return {"train_loss": float("nan"), "train_acc": float("nan"), "images_per_s": 0.0, "time_s": elapsed, "lr": lr}, step
     return {
-        "train_loss": loss_sum.item() / seen,
-        "train_acc": correct.item() / seen,
-        "images_per_s": seen / elapsed,
+        "train_loss": loss_sum.item() / seen if seen else float("nan"),
+        "train_acc": correct.item() / seen if seen else float("nan"),
+        "images_per_s": (seen - seen_before) / elapsed if elapsed > 0 else 0.0,
         "time_s": elapsed,
         "lr": lr,
         "seen": seen,
+        "batches": batches,
+        "complete": batches >= len(loader),
+        "partial": {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen},
     }, step

@@ -1,0 +1,45 @@
+"""Launched by torchrun from test_distributed.py: train a few steps with the engine, dump this rank's state.
+
+    torchrun --nproc_per_node=W tests/ddp_worker.py OUT_DIR PER_PROCESS_BATCH
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from alexnet.data import DataConfig, build_loaders
+from alexnet.engine import distributed as dist
+from alexnet.engine.evaluate import evaluate
+from alexnet.engine.optim import LRSchedule, create_optimizer
+from alexnet.engine.train import StepOptions, train_one_epoch
+from alexnet.models import create_model
+
+
+def main(out: Path, batch: int) -> None:
+    device = torch.device("cpu")
+    rank, world, _ = dist.init_distributed(device)
+    torch.set_num_threads(1)
+    data = DataConfig(dataset="synthetic", synthetic_train=96, synthetic_val=37, synthetic_classes=5, synthetic_size=32,
+                      image_size=63, crop=False, flip=False)  # fmt: skip
+    train, val, info = build_loaders(data, device=device, batch_size=batch, seed=3, rank=rank, world_size=world)
+    torch.manual_seed(100 + rank)  # different on every rank: DDP must broadcast rank 0's weights
+    model = create_model("alexnet_owt", num_classes=info.num_classes, in_channels=info.in_channels, dropout=0.0)
+    if rank == 0:
+        torch.manual_seed(0)
+        model = create_model("alexnet_owt", num_classes=info.num_classes, in_channels=info.in_channels, dropout=0.0)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = create_optimizer(net.parameters(), "sgd", lr=0.02, momentum=0.9)
+    schedule = LRSchedule(opt, "none", total_steps=100, steps_per_epoch=len(train))
+    step = 0
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        _, step = train_one_epoch(net, train, opt, schedule, torch.nn.CrossEntropyLoss(), step=step, opts=StepOptions())
+    result = evaluate(net, val, info.num_classes)
+    torch.save({"model": dist.unwrap(net).state_dict(), "n": result["n"], "step": step, "per_rank_val": val.num_samples,
+                "confusion": result["confusion"]}, out / f"rank{rank}.pt")  # fmt: skip
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
