@@ -8,9 +8,9 @@ import sys
 import traceback
 
 from ..errors import AlexNetError
-from . import evaluate, export, predict, summary, train
+from . import bench, evaluate, export, predict, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export)
+COMMANDS = (summary, train, evaluate, predict, export, bench)
 
 
 class OneLineParser(argparse.ArgumentParser):
