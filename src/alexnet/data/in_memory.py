@@ -1,0 +1,106 @@
+"""The fast path for small datasets: the whole split is one uint8 tensor on the training device.
+
+A batch is ``images.index_select(0, idx)``; augmentation and the resize to the model's
+size then run on the whole batch with tensor ops on that device (batch_transforms.py).
+No PIL, no worker processes, no host-to-device copy of images after the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from .sampling import EpochSampler, mix_seed
+
+
+@dataclass
+class SmallDataset:
+    """Both splits of a small dataset, as read from disk (native channels and size)."""
+
+    name: str
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_labels: torch.Tensor  # int64 (N,)
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    class_names: list[str]
+    mean: tuple[float, ...]  # per native channel, [0, 1] units
+    std: tuple[float, ...]
+    source: str
+
+    def head(self, n: int | None) -> SmallDataset:
+        """The first ``n`` images of each split (all of them when n is None)."""
+        if n is None:
+            return self
+        return SmallDataset(
+            self.name,
+            self.train_images[:n],
+            self.train_labels[:n],
+            self.val_images[:n],
+            self.val_labels[:n],
+            self.class_names,
+            self.mean,
+            self.std,
+            self.source,
+        )
+
+
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class InMemoryLoader:
+    """Batches of (images, labels) built by indexing a device-resident uint8 tensor.
+
+    Follows the loader protocol of ``alexnet.data``: ``len``, ``num_samples``,
+    ``set_epoch``, ``skipped`` (always 0 here).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        train: bool,
+        transform: BatchTransform,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(device=self.device, dtype=torch.int64)
+        self.transform = transform
+        self.train, self.seed, self.rank = train, seed, rank
+        self.sampler = EpochSampler(
+            len(images), batch_size, train=train, seed=seed, rank=rank, world_size=world_size
+        )
+        self.epoch = self.start_batch = 0
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def num_samples(self) -> int:
+        return self.sampler.num_samples
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reseed shuffling and augmentation from (seed, epoch); iteration then starts at batch
+        ``start_batch`` of that epoch (a resumed run), with the same batches it would have had."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.sampler.batches(self.epoch)
+        for i in range(self.start_batch, len(batches)):
+            # One generator per batch: batch i gets the same augmentation however the epoch began.
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, i))
+            idx = batches[i].to(self.device, non_blocking=True)
+            images = self.images.index_select(0, idx)  # (B, C, H, W) uint8
+            yield self.transform(images, gen), self.labels.index_select(0, idx)

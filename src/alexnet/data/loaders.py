@@ -1,0 +1,240 @@
+"""``build_loaders``: a DataConfig in, train and val loaders plus a DatasetInfo out.
+
+Fashion-MNIST, CIFAR-10 and synthetic data take the in-memory path (in_memory.py);
+imagefolder takes the DataLoader path (imagefolder.py). Both loaders follow ``Loader``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import torch
+
+from ..errors import AlexNetError
+from .batch_transforms import BatchEvalTransform, BatchTrainTransform
+from .cifar10 import load_cifar10
+from .color import IMAGENET_MEAN, IMAGENET_STD, convert_stats, imagenet_pca, pca_in_model_space, pixel_moments
+from .config import DataConfig, DatasetInfo, check_config, resolve_augmentation
+from .fashion_mnist import load_fashion_mnist
+from .imagefolder import DecodedImages, ImageFolderLoader, locate_imagefolder, scan_train, scan_val
+from .in_memory import InMemoryLoader, SmallDataset
+from .preprocess import make_spec
+from .synthetic import make_synthetic
+
+TTA_MODES = (None, "10crop")
+# The paper's "random 224 crop of the 256 resize", as a ratio for any model size.
+PAPER_CROP_RATIO = 0.875
+
+
+class Loader(Protocol):
+    """What the engine iterates: (images, labels) already on the device, float32 and int64."""
+
+    num_samples: int  # samples this rank sees per epoch
+    skipped: int  # unreadable images skipped in the last completed epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+
+
+def build_loaders(
+    cfg: DataConfig,
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    tta: str | None = None,
+) -> tuple[Loader, Loader, DatasetInfo]:
+    """Train and val loaders for this rank, and what the model needs to know about the data.
+
+    ``tta="10crop"`` makes the val loader yield (B, 10, C, S, S): the paper's four corner
+    and centre crops and their mirrors, for the caller to average softmax over dim 1.
+    """
+    check_config(cfg)
+    if tta not in TTA_MODES:
+        raise AlexNetError(f"unknown test-time augmentation {tta!r}; choose 10crop or none")
+    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+        raise AlexNetError("batch sizes must be at least 1")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise AlexNetError(f"rank {rank} is outside world size {world_size}")
+    common = dict(
+        device=torch.device(device),
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size or batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        tta=tta,
+    )
+    if cfg.dataset == "imagefolder":
+        return _imagefolder_loaders(cfg, **common)
+    return _in_memory_loaders(cfg, **common)
+
+
+def load_small_dataset(cfg: DataConfig) -> SmallDataset:
+    """Both splits of an in-memory dataset, as stored (native channels and size), after --subset."""
+    if cfg.dataset == "fashion-mnist":
+        data = load_fashion_mnist(cfg.data_dir, download=cfg.download)
+    elif cfg.dataset == "cifar10":
+        data = load_cifar10(cfg.data_dir, download=cfg.download)
+    elif cfg.dataset == "synthetic":
+        data = make_synthetic(
+            train=cfg.synthetic_train,
+            val=cfg.synthetic_val,
+            num_classes=cfg.synthetic_classes,
+            size=cfg.synthetic_size,
+            channels=cfg.in_channels or 3,
+            seed=cfg.synthetic_seed,
+        )
+    else:
+        raise AlexNetError(f"{cfg.dataset} is not an in-memory dataset")
+    return data.head(cfg.subset)
+
+
+def normalization(
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], in_channels: int
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """Mean and std per model channel (None, None when normalisation is off)."""
+    if not cfg.normalize:
+        return None, None
+    if cfg.mean is not None:
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise AlexNetError(f"mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
+    return convert_stats(mean, std, in_channels)
+
+
+def _in_memory_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, world_size, tta):
+    aug = resolve_augmentation(cfg)
+    data = load_small_dataset(cfg)
+    native = data.train_images.shape[1]
+    in_channels = cfg.in_channels or native
+    mean, std = normalization(cfg, data.mean, data.std, in_channels)
+    eigval = eigvec = None
+    if aug["pca_color"] > 0:
+        _, cov = pixel_moments(data.train_images)
+        eigval, eigvec = pca_in_model_space(cov, in_channels)
+        aug["pca_eigval"] = [round(v, 6) for v in eigval.tolist()]
+    size = cfg.image_size
+    spec = make_spec(
+        dataset=cfg.dataset,
+        image_size=size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        crop_ratio=aug["eval_crop_ratio"],
+        resize_dtype="float32",
+    )
+    train_tf = BatchTrainTransform(
+        image_size=size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        padding=aug["crop_padding"],
+        flip=aug["flip"],
+        rotate=aug["rotate"],
+        translate=aug["translate"],
+        pca_color=aug["pca_color"],
+        eigval=eigval,
+        eigvec=eigvec,
+    )
+    val_tf = BatchEvalTransform(
+        image_size=size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        resize_to=spec["resize"],
+        ten_crop_padding=aug["crop_padding"] if tta == "10crop" else None,
+    )
+    shard = dict(device=device, seed=seed, rank=rank, world_size=world_size)
+    train = InMemoryLoader(
+        data.train_images, data.train_labels, batch_size=batch_size, train=True, transform=train_tf, **shard
+    )
+    val = InMemoryLoader(
+        data.val_images, data.val_labels, batch_size=eval_batch_size, train=False, transform=val_tf, **shard
+    )
+    info = DatasetInfo(
+        name=cfg.dataset,
+        class_names=list(data.class_names),
+        num_classes=len(data.class_names),
+        in_channels=in_channels,
+        image_size=size,
+        mean=tuple(spec["mean"]),
+        std=tuple(spec["std"]),
+        train_size=len(data.train_images),
+        val_size=len(data.val_images),
+        preprocess=spec,
+        augment=aug,
+        source=data.source,
+    )
+    return train, val, info
+
+
+def _imagefolder_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, world_size, tta):
+    aug = resolve_augmentation(cfg)
+    train_dir, val_dir = locate_imagefolder(cfg.data_dir, cfg.train_dir, cfg.val_dir)
+    classes, train_images = scan_train(train_dir)
+    val_images = scan_val(val_dir, classes, train_dir, cfg.val_labels)
+    train_images, val_images = train_images.head(cfg.subset), val_images.head(cfg.subset)
+    in_channels = cfg.in_channels or 3
+    mean, std = normalization(cfg, IMAGENET_MEAN, IMAGENET_STD, in_channels)
+    eigval = eigvec = None
+    if aug["pca_color"] > 0:
+        eigval, eigvec = imagenet_pca(in_channels)
+    size = cfg.image_size
+    spec = make_spec(
+        dataset="imagefolder",
+        image_size=size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        crop_ratio=aug["eval_crop_ratio"],
+        resize_dtype="uint8",
+    )
+    train_ds = DecodedImages(
+        train_images,
+        mode="train",
+        image_size=size,
+        resize=round(size / PAPER_CROP_RATIO),
+        crop=aug["train_crop"] if aug["crop"] else None,
+        scale_min=aug["rrc_scale_min"],
+        flip=aug["flip"],
+    )
+    val_ds = DecodedImages(
+        val_images, mode="ten_crop" if tta == "10crop" else "eval", image_size=size, resize=spec["resize"]
+    )
+    train_tf = BatchTrainTransform(
+        image_size=size,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        rotate=aug["rotate"],
+        translate=aug["translate"],
+        pca_color=aug["pca_color"],
+        eigval=eigval,
+        eigvec=eigvec,
+    )
+    val_tf = BatchEvalTransform(image_size=size, in_channels=in_channels, mean=mean, std=std)
+    shard = dict(device=device, workers=cfg.workers, seed=seed, rank=rank, world_size=world_size)
+    train = ImageFolderLoader(train_ds, split="train", batch_size=batch_size, train=True, transform=train_tf, **shard)
+    val = ImageFolderLoader(val_ds, split="val", batch_size=eval_batch_size, train=False, transform=val_tf, **shard)
+    info = DatasetInfo(
+        name="imagefolder",
+        class_names=classes,
+        num_classes=len(classes),
+        in_channels=in_channels,
+        image_size=size,
+        mean=tuple(spec["mean"]),
+        std=tuple(spec["std"]),
+        train_size=len(train_images),
+        val_size=len(val_images),
+        preprocess=spec,
+        augment=aug,
+        source=f"{train_dir} and {val_dir}",
+    )
+    return train, val, info

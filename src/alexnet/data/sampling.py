@@ -1,0 +1,76 @@
+"""Which sample indices a rank sees in an epoch, and in which batches.
+
+Train: one permutation per epoch drawn from (seed, epoch), the same on every rank; it is
+padded by wrapping around to a multiple of world_size and rank r takes every
+world_size-th index from r (DistributedSampler's scheme), so ranks get equal shares.
+Batches drop the last partial one, unless that would leave no batch at all.
+
+Val: rank r takes r, r + world_size, ... in order, without padding, so per-rank counts
+summed over ranks cover every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed for torch.Generator from any integers (seed, epoch, rank, ...)."""
+    state = np.random.SeedSequence([p & _MASK64 for p in parts]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class EpochSampler:
+    """This rank's sample indices per epoch, cut into batches."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if n < 1:
+            raise ValueError("cannot sample from an empty split")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.n, self.batch_size, self.train = n, batch_size, train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.per_rank = math.ceil(n / world_size) if train else len(range(rank, n, world_size))
+        self.drop_last = train and self.per_rank >= batch_size
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.per_rank // self.batch_size
+        return math.ceil(self.per_rank / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self.per_rank
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This rank's indices for ``epoch``, int64 on the CPU."""
+        if not self.train:
+            return torch.arange(self.n)[self.rank :: self.world_size]
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        perm = torch.randperm(self.n, generator=g)
+        total = self.per_rank * self.world_size
+        if total > self.n:
+            reps = math.ceil(total / self.n)
+            perm = perm.repeat(reps)[:total]
+        return perm[self.rank : total : self.world_size]
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        idx = self.indices(epoch)
+        cut = len(self) * self.batch_size if self.drop_last else len(idx)
+        return list(idx[:cut].split(self.batch_size))
