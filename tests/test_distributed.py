@@ -67,3 +67,8 @@ def test_cli_under_torchrun_writes_one_run_directory(tmp_path):
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert read_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    # ... and a single-process checkpoint resumes under DDP.
+    torchrun(2, "-m", "alexnet", "train", "--resume", out, "--epochs", "3", "--no-progress")
+    final = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert final["epoch"] == 3 and final["config"]["epochs"] == 3
+    assert [r.split(",")[0] for r in (out / "metrics.csv").read_text().split()[1:]] == ["1", "2", "3"]

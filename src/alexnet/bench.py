@@ -37,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .data import DataConfig, build_loaders, load_fashion_mnist
+from .engine.cpu import keep_freed_memory
 from .engine.fit import select_device
 from .engine.optim import LRSchedule, create_optimizer
 from .engine.train import StepOptions, train_one_epoch
@@ -229,6 +230,7 @@ def parse_args(argv=None, parser: argparse.ArgumentParser | None = None) -> argp
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual pipeline")
     p.add_argument("--amp", action="store_true", help="ours with bfloat16 autocast (CPU) / mixed precision (CUDA)")
     p.add_argument("--infer-iters", type=int, default=3, help="timed batches per inference measurement")
+    p.add_argument("--no-keep-memory", action="store_true", help="leave glibc's malloc as it is (see engine/cpu.py)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     return p.parse_args(argv) if parser is None else p
 
@@ -269,6 +271,8 @@ def _peak_rss_child(kind: str, args: argparse.Namespace) -> int:
     """In a fresh process: build one pipeline, train 2 steps, return the process's peak RSS in bytes."""
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
+    if not args.no_keep_memory:
+        keep_freed_memory()
     pipelines, opts, _ = build(args, device, which=(kind,))
     if kind == "usual":
         usual_train_phase(*pipelines["usual"], 2, device)
@@ -301,6 +305,8 @@ def run(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif not args.no_keep_memory:
+        keep_freed_memory()  # process-wide: the usual pipeline, in the same process, gains from it too
     if args.batch_size < 1 or args.rounds < 1 or args.steps < 1:
         raise AlexNetError("--batch-size, --rounds and --steps must be positive")
     pipelines, opts, autocast = build(args, device)

@@ -23,6 +23,7 @@ from ..data import DataConfig, DatasetInfo, build_loaders
 from ..errors import AlexNetError
 from ..models import create_model, model_info
 from . import distributed as dist
+from .cpu import keep_freed_memory
 from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
 from .optim import LRSchedule, create_optimizer
@@ -99,10 +100,10 @@ def data_config(cfg: TrainConfig) -> DataConfig:
         flip=cfg.flip,
         rotate=cfg.rotate,
         translate=cfg.translate,
-        pca_color=cfg.pca_color,
     )
-    if cfg.crop_padding is not None:
-        kw["crop_padding"] = cfg.crop_padding
+    for name in ("crop_padding", "pca_color"):  # None: leave the dataset's default in place
+        if getattr(cfg, name) is not None:
+            kw[name] = getattr(cfg, name)
     return DataConfig(**kw)
 
 
@@ -219,6 +220,8 @@ def fit(cfg: TrainConfig) -> dict:
         device = torch.device("cuda", local_rank)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(cfg.seed + rank, cfg.deterministic)
 
     resume_ckpt = None
