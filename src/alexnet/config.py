@@ -135,9 +135,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The README's main job: the best Fashion-MNIST test accuracy in at most 15 minutes on a
 # 2-core CPU. Chosen by measurement (README "Figures"): the fashion-mnist recipe at 63 px,
-# where the paper network trains ~6x faster than at 227, for the 3 epochs that fit, with a
-# higher peak rate and no random crops (3 epochs underfit; they need no extra regularisation).
-PRESETS["quick"] = {**PRESETS["fashion-mnist"], "image_size": 63, "lr": 1e-3, "crop": False, "epochs": 3}
+# where the paper network trains several times faster than at 227, with bfloat16 autocast
+# (1.76x here), a higher peak rate and no random crops (short runs underfit; they need no
+# extra regularisation), for 4 epochs: 90.23% in 8.9 minutes.
+PRESETS["quick"] = {**PRESETS["fashion-mnist"], "image_size": 63, "lr": 1e-3, "crop": False, "amp": True, "epochs": 4}
 
 
 def resolve_config(preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
