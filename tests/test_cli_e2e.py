@@ -208,3 +208,15 @@ def test_invalid_checkpoint_file(tmp_path, capsys):
     bad.write_bytes(b"\x00garbage")
     code, _, err = run_cli(["predict", "--checkpoint", bad, "x.png"], capsys)
     assert code == 2 and "not a readable checkpoint" in err and err.count("\n") == 1
+
+
+def test_bfloat16_autocast_training(fmnist_dir, tmp_path):
+    """--amp (bfloat16 autocast on the CPU) trains, stays finite and writes float32 weights."""
+    out = tmp_path / "amp"
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "1", "--amp",
+                 "--model", "alexnet_paper", "--out", str(out), *FAST[2:]]) == 0  # fmt: skip
+    ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["config"]["amp"] is True
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ckpt["model"].values())
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert float(rows[0]["train_loss"]) > 0 and 0 <= float(rows[0]["val_top1"]) <= 1
