@@ -7,6 +7,7 @@ argparse fills ``TrainConfig`` (cli/train.py); the resolved configuration is wri
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,11 +74,13 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     max_steps: int | None = None
+    skip_nonfinite: int = 0  # batches with a NaN or infinite loss that may be skipped before stopping
     progress: bool = True
 
     # Output
     out: str | None = None
     resume: str | None = None
+    save_every: int | None = None  # also write checkpoints/last.pt every N steps within an epoch
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,6 +179,14 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.init in ("paper", "torch"), f"unknown init {cfg.init!r}; choose paper or torch"),
         (cfg.tta in (None, "10crop"), f"unknown --tta {cfg.tta!r}; the only one is 10crop"),
     ]
+    checks += [
+        (cfg.skip_nonfinite >= 0, "--skip-nonfinite must not be negative"),
+        (cfg.save_every is None or cfg.save_every > 0, "--save-every must be positive"),
+    ]
     for ok, message in checks:
         if not ok:
             raise AlexNetError(message)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AlexNetError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")

@@ -62,9 +62,13 @@ ARGUMENTS: list[tuple[str, str, dict]] = [
     ("Runtime", "--seed", dict(type=int)),
     ("Runtime", "--deterministic", dict(action=_BOOL)),
     ("Runtime", "--max-steps", dict(type=int, metavar="N", help="stop after N optimizer steps")),
+    ("Runtime", "--skip-nonfinite", dict(type=int, metavar="N", help="skip up to N batches whose loss is NaN or "
+                                         "infinite instead of stopping (default 0: stop at the first)")),
     ("Runtime", "--progress", dict(action=_BOOL, help="tqdm progress bars")),
     ("Output", "--out", dict(metavar="RUN_DIR")),
     ("Output", "--resume", dict(metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt")),
+    ("Output", "--save-every", dict(type=int, metavar="STEPS", help="also checkpoint every STEPS steps within an "
+                                    "epoch (default: at the end of each epoch only)")),
 ]
 
 

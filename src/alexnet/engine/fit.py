@@ -28,7 +28,7 @@ from .checkpoint import load_model_state, model_state, read_checkpoint, rng_stat
 from .evaluate import evaluate
 from .optim import LRSchedule, create_optimizer
 from .signals import StopRequest
-from .train import StepOptions, train_one_epoch
+from .train import NonFiniteLoss, StepOptions, train_one_epoch
 
 METRICS_FIELDS = [
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "images_per_s", "epoch_time_s",
@@ -277,7 +277,7 @@ def fit(cfg: TrainConfig) -> dict:
     )
     autocast, scaler = amp_context(device, cfg.amp)
 
-    start_epoch, step, best_top1 = 0, 0, -1.0
+    start_epoch, step, best_top1, nonfinite_skipped = 0, 0, -1.0, 0
     if resume_ckpt is not None:
         load_model_state(model, model_state(resume_ckpt, cfg.resume), str(cfg.resume))
         optimizer.load_state_dict(resume_ckpt["optimizer"])
@@ -285,6 +285,7 @@ def fit(cfg: TrainConfig) -> dict:
         scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch, step = int(resume_ckpt["epoch"]), int(resume_ckpt["step"])
         best_top1 = float(resume_ckpt.get("best_top1", -1.0))
+        nonfinite_skipped = int(resume_ckpt.get("nonfinite_skipped", 0))
         set_rng_state(resume_ckpt["rng"])
 
     net: nn.Module = model
@@ -306,6 +307,7 @@ def fit(cfg: TrainConfig) -> dict:
         channels_last=cfg.channels_last,
         max_steps=cfg.max_steps,
         sync_every=1 if device.type == "cpu" else 20,
+        save_every=cfg.save_every,
     )
     log(
         f"{cfg.model} on {info.name} ({info.train_size} train / {info.val_size} val images, {num_classes} classes, "
@@ -313,15 +315,24 @@ def fit(cfg: TrainConfig) -> dict:
         f"batch {global_batch}, lr {lr:g}, run directory {run.root}"
     )
 
-    def checkpoint(epoch: int, metrics_row: dict | None, unfinished: dict | None = None) -> dict:
-        """``epoch`` completed epochs; ``unfinished``: the train metrics of an epoch cut short."""
+    def checkpoint(epoch: int, metrics_row: dict | None, unfinished: dict | None = None, *, at_step: int | None = None,
+                   skipped_now: int = 0) -> dict:  # fmt: skip
+        """``epoch`` completed epochs; ``unfinished``: the train metrics of an epoch cut short.
+
+        Mid-epoch saves pass the step reached (``at_step``) and the bad batches skipped so far
+        in this epoch (``skipped_now``), which fit has not counted yet.
+        """
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            # Never replace a good checkpoint with broken weights.
+            raise NonFiniteLoss(f"the weights became NaN or infinite by step {step}; the last good checkpoint is kept; "
+                                "try a lower --lr or --clip-grad 1.0")  # fmt: skip
         return {
             "model": dist.unwrap(net).state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch,
-            "step": step,
+            "step": step if at_step is None else at_step,
             "rng": rng_state(),
             "config": cfg.to_dict(),
             "model_args": model_args,
@@ -331,6 +342,7 @@ def fit(cfg: TrainConfig) -> dict:
             "metrics": metrics_row,
             "batch_in_epoch": unfinished["batches"] if unfinished else 0,
             "partial": unfinished["partial"] if unfinished else None,
+            "nonfinite_skipped": nonfinite_skipped + skipped_now,
         }
 
     result: dict = {}
@@ -342,12 +354,22 @@ def fit(cfg: TrainConfig) -> dict:
             first = epoch == start_epoch and resume_ckpt is not None
             start_batch = int(resume_ckpt.get("batch_in_epoch", 0)) if first else 0
             train_loader.set_epoch(epoch, start_batch=start_batch)
+            opts.skip_nonfinite = cfg.skip_nonfinite - nonfinite_skipped
+
+            def save_mid_epoch(unfinished: dict, epoch: int = epoch) -> None:
+                if dist.is_main_process():
+                    state = checkpoint(epoch, None, unfinished, at_step=unfinished["step"],
+                                       skipped_now=unfinished["nonfinite_skipped"])  # fmt: skip
+                    save_checkpoint(state, run.ckpt_dir / "last.pt")
+
             t0 = time.perf_counter()
             train_metrics, step = train_one_epoch(
                 net, train_loader, optimizer, schedule, loss_fn, step=step, opts=opts,
                 progress=cfg.progress and dist.is_main_process(), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                 start_batch=start_batch, partial=resume_ckpt.get("partial") if first else None, stop=stop,
+                save=save_mid_epoch,
             )  # fmt: skip
+            nonfinite_skipped += train_metrics["nonfinite_skipped"]
             if stop.requested and not train_metrics["complete"]:
                 # No evaluation: the user asked to stop; save exactly where the epoch stands.
                 stopped_by = stop.signal_name

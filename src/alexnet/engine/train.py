@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,8 @@ class StepOptions:
     channels_last: bool = False
     max_steps: int | None = None
     sync_every: int = 1  # read the loss back to the host every N steps (1 on CPU; more on GPU)
+    skip_nonfinite: int = 0  # bad batches that may still be skipped in this run (--skip-nonfinite)
+    save_every: int | None = None  # steps between mid-epoch checkpoints (--save-every)
 
 
 def train_one_epoch(
@@ -45,6 +49,7 @@ def train_one_epoch(
     start_batch: int = 0,
     partial: dict | None = None,
     stop=None,
+    save: Callable[[dict], None] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Train over ``loader`` once; returns (metrics, global step).
 
@@ -52,6 +57,12 @@ def train_one_epoch(
     ``metrics["batches"]`` is less than ``len(loader)`` and ``metrics["partial"]`` holds the
     running sums, so a resumed run (``start_batch``, ``partial``) reports the same figures as
     one that was never stopped. The loader must already start at ``start_batch``.
+
+    A batch whose loss is NaN or infinite is caught before the optimizer steps, so the weights
+    stay those of the last good step: it is skipped while ``opts.skip_nonfinite`` allows
+    (it still counts as a step, keeping the schedule in line with the data), otherwise
+    NonFiniteLoss is raised. Every ``opts.save_every`` steps ``save`` gets the running
+    metrics (as an epoch cut short would return them) to write a mid-epoch checkpoint.
     """
     model.train()
     autocast = opts.autocast if opts.autocast is not None else contextlib.nullcontext()
@@ -61,7 +72,9 @@ def train_one_epoch(
     loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=device)
     correct = torch.tensor(int(partial.get("correct", 0)), device=device, dtype=torch.long)
     seen, lr = int(partial.get("seen", 0)), schedule.optimizer.param_groups[0]["lr"]
-    seen_before, batches = seen, start_batch
+    seen_before, batches, skipped = seen, start_batch, 0
+    # On the CPU reading the loss back costs nothing; on a GPU only when skipping is asked for.
+    check_each_step = device.type == "cpu" or opts.skip_nonfinite > 0
     start = time.perf_counter()
     bar = tqdm(total=len(loader), initial=start_batch, desc=desc, disable=not progress, leave=False,
                dynamic_ncols=True, unit="batch")  # fmt: skip
@@ -75,6 +88,16 @@ def train_one_epoch(
             with autocast:
                 logits = model(images)
                 loss = loss_fn(logits, labels)
+            if check_each_step and not torch.isfinite(loss).item():
+                if skipped >= opts.skip_nonfinite:
+                    raise non_finite(loss, step + 1, i, lr)
+                skipped += 1
+                step += 1
+                batches += 1
+                tqdm.write(f"skipped batch {i + 1} at step {step}: loss {loss.item()} "
+                           f"(--skip-nonfinite: {opts.skip_nonfinite - skipped} more may be skipped)", file=sys.stderr)  # fmt: skip
+                bar.update(1)
+                continue
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if opts.clip_grad is not None:
@@ -91,13 +114,13 @@ def train_one_epoch(
             if (i + 1) % opts.sync_every == 0 or i + 1 == len(loader):
                 mean_loss = loss_sum.item() / seen
                 if not math.isfinite(mean_loss):
-                    raise NonFiniteLoss(
-                        f"loss became {loss.item()} at step {step} (lr {lr:.3g}); "
-                        "try a lower --lr, --clip-grad 1.0, or --init torch"
-                    )
+                    raise non_finite(loss, step, i, lr)
                 rate = (seen - seen_before) / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
             bar.update(1)
+            if save is not None and opts.save_every and step % opts.save_every == 0 and batches < len(loader):
+                save({"batches": batches, "step": step, "complete": False, "nonfinite_skipped": skipped,
+                      "partial": {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen}})  # fmt: skip
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
@@ -110,5 +133,13 @@ def train_one_epoch(
         "seen": seen,
         "batches": batches,
         "complete": batches >= len(loader),
+        "nonfinite_skipped": skipped,
         "partial": {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen},
     }, step
+
+
+def non_finite(loss: torch.Tensor, step: int, batch: int, lr: float) -> NonFiniteLoss:
+    return NonFiniteLoss(
+        f"loss became {loss.item()} at step {step} (batch {batch + 1} of the epoch, lr {lr:.3g}); the last good "
+        "checkpoint is kept; try a lower --lr, --clip-grad 1.0 or --init torch, or --skip-nonfinite N to skip bad batches"
+    )
