@@ -161,6 +161,9 @@ class RunDirectory:
             probe = root / ".write-test"
             probe.write_text("ok")
             probe.unlink()
+            # A process killed while writing a checkpoint leaves its temporary file behind.
+            for stale in self.ckpt_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         except OSError as e:
             raise AlexNetError(f"cannot write to the output directory {root}: {e.strerror or e}") from None
         try:
