@@ -352,7 +352,10 @@ def fit(cfg: TrainConfig) -> dict:
     epoch, stopped_by = start_epoch, None
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.epochs):
-            if (cfg.max_steps is not None and step >= cfg.max_steps) or stop.requested:
+            if stop.requested:  # it came during the last step or the evaluation of the previous epoch
+                stopped_by = stop.signal_name
+                break
+            if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
             first = epoch == start_epoch and resume_ckpt is not None
             start_batch = int(resume_ckpt.get("batch_in_epoch", 0)) if first else 0
