@@ -127,7 +127,10 @@ def test_search_order_data_dir_env_local_system(isolated, monkeypatch):
         return len(load_fashion_mnist(data_dir, download=False).train_images)
 
     assert train_size(str(isolated / "given")) == 11
-    assert train_size(str(isolated / "nowhere")) == 12  # a --data-dir without the files is passed over
+    (isolated / "empty").mkdir()
+    assert train_size(str(isolated / "empty")) == 12  # a --data-dir without the files is passed over
+    with pytest.raises(AlexNetError, match="--data-dir .*nowhere does not exist"):
+        train_size(str(isolated / "nowhere"))  # one that is not there at all is a mistake
     assert train_size(None) == 12
     monkeypatch.delenv("ALEXNET_DATA")
     assert train_size(None) == 13
@@ -137,6 +140,7 @@ def test_search_order_data_dir_env_local_system(isolated, monkeypatch):
 
 def test_offline_error_with_downloads_disabled(isolated, monkeypatch):
     monkeypatch.setenv("ALEXNET_DATA", str(isolated / "env"))
+    (isolated / "mine").mkdir()
     with pytest.raises(AlexNetError) as err:
         build_loaders(DataConfig(data_dir=str(isolated / "mine"), download=False), device="cpu", batch_size=4)
     message = str(err.value)

@@ -151,6 +151,7 @@ def test_empty_train_class_is_an_error(tree):
 def test_no_train_folder_names_the_places_searched(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ALEXNET_DATA", raising=False)
+    (tmp_path / "nothing-here").mkdir()
     with pytest.raises(AlexNetError) as err:
         folder_loaders(tmp_path / "nothing-here")
     assert "no ImageNet-style train/ folder" in str(err.value) and str(tmp_path / "nothing-here") in str(err.value)
@@ -221,8 +222,9 @@ def test_flat_val_label_errors(flat, text, message):
 def test_every_image_unreadable_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for split in ("train", "val"):
-        (tmp_path / split / "a").mkdir(parents=True)
-        (tmp_path / split / "a" / "x.jpg").write_bytes(b"nope")
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            (tmp_path / split / name / "x.jpg").write_bytes(b"nope")
     train, _, _ = folder_loaders(tmp_path)
     with pytest.raises(AlexNetError, match="unreadable"):
         collect(train)

@@ -35,6 +35,8 @@ def run(args) -> int:
     ckpt = read_checkpoint(args.checkpoint)
     model = build_model(ckpt, args.checkpoint)
     cfg = TrainConfig.from_dict(ckpt.get("config", {}))
+    if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
+        cfg.data_dir = None  # the training machine's folder is not here: search the usual places
     for name in ("dataset", "data_dir", "val_dir", "val_labels", "subset"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

@@ -123,6 +123,8 @@ def scan_train(train_dir: Path) -> tuple[list[str], ImageList]:
     classes = class_folders(train_dir)
     if not classes:
         raise AlexNetError(f"{train_dir} has no class folders (expected {train_dir}/<class>/*.jpg)")
+    if len(classes) == 1:
+        raise AlexNetError(f"{train_dir} has one class folder ({classes[0]}); a classifier needs at least two")
     paths, targets, empty = [], [], []
     for index, name in enumerate(classes):
         files = list_images(train_dir / name)

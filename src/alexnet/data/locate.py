@@ -40,6 +40,9 @@ def search_roots(dataset: str, data_dir: str | None) -> list[SearchRoot]:
     """The places to look, in order, without duplicates (a later equal path is dropped)."""
     roots: list[SearchRoot] = []
     if data_dir:
+        # Given explicitly, a directory that is not there is a mistake, not a reason to look elsewhere.
+        if not Path(data_dir).expanduser().is_dir():
+            raise AlexNetError(f"--data-dir {data_dir} does not exist or is not a directory")
         roots.append(SearchRoot("--data-dir", Path(data_dir).expanduser().absolute()))
     env = os.environ.get(ENV_VAR)
     if env:

@@ -1,0 +1,190 @@
+"""Every bad input of issue 7 through the real command line: one clear line on stderr, a
+non-zero exit, no traceback, and nothing already saved is lost."""
+
+import gzip
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.engine import checkpoint as checkpoint_module
+from alexnet.engine.checkpoint import read_checkpoint
+from data_fixtures import FASHION_FILES, write_cifar10, write_fashion_mnist, write_image_tree
+
+FAST = ["--no-progress", "--epochs", "1", "--max-steps", "1", "--image-size", "63", "--batch-size", "4",
+        "--model", "alexnet_owt", "--init", "torch", "--workers", "0"]  # fmt: skip
+
+
+def fails_with(args, capsys, message: str, code: int = 2) -> str:
+    """Run the command in this process; it must return ``code`` with exactly ``message`` in one stderr line."""
+    try:
+        got = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors
+        got = e.code
+    err = capsys.readouterr().err
+    assert got == code, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert message in err, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm")
+    write_fashion_mnist(root, n_train=16, n_val=8)
+    return root
+
+
+def corrupt_copy(src, dst, edit):
+    """A copy of the IDX data set whose train images file is passed (decompressed) through ``edit``."""
+    shutil.copytree(src, dst)
+    path = dst / (FASHION_FILES["train"][0] + ".gz")
+    path.write_bytes(gzip.compress(edit(gzip.decompress(path.read_bytes()))))
+    return dst
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    fails_with(["train", "--data-dir", tmp_path / "nope", "--out", tmp_path / "run", *FAST], capsys,
+               f"--data-dir {tmp_path / 'nope'} does not exist")  # fmt: skip
+
+
+def test_truncated_idx_file(fmnist, tmp_path, capsys):
+    data = corrupt_copy(fmnist, tmp_path / "d", lambda raw: raw[: len(raw) // 2])
+    fails_with(["train", "--data-dir", data, "--out", tmp_path / "run", *FAST], capsys, "is truncated: its header says 16 x 28 x 28")
+
+
+def test_truncated_gzip_file(fmnist, tmp_path, capsys):
+    shutil.copytree(fmnist, tmp_path / "d")
+    path = tmp_path / "d" / (FASHION_FILES["train"][0] + ".gz")
+    path.write_bytes(path.read_bytes()[:100])
+    fails_with(["train", "--data-dir", tmp_path / "d", "--out", tmp_path / "run", *FAST], capsys, "corrupt or truncated gzip file")
+
+
+def test_wrong_magic_number(fmnist, tmp_path, capsys):
+    data = corrupt_copy(fmnist, tmp_path / "d", lambda raw: b"\x1f\x8b" + raw[2:])
+    fails_with(["train", "--data-dir", data, "--out", tmp_path / "run", *FAST], capsys, "is not an IDX file (magic number 0x1f8b0803)")
+
+
+def test_cifar_batch_of_the_wrong_shape(tmp_path, capsys):
+    write_cifar10(tmp_path / "c")
+    path = tmp_path / "c" / "data_batch_1"
+    batch = pickle.loads(path.read_bytes())
+    batch["data"] = batch["data"][:, :1000]
+    path.write_bytes(pickle.dumps(batch))
+    fails_with(["train", "--dataset", "cifar10", "--data-dir", tmp_path / "c", "--out", tmp_path / "run", *FAST],
+               capsys, "'data' must be a uint8 array of shape (n, 3072), found (6, 1000)")  # fmt: skip
+
+
+def folder_args(root, tmp_path):
+    return ["train", "--dataset", "imagefolder", "--train-dir", root / "train", "--val-dir", root / "val",
+            "--out", tmp_path / "run", *FAST]  # fmt: skip
+
+
+def test_image_folder_with_no_images(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "f" / "train" / name).mkdir(parents=True)
+    write_image_tree(tmp_path / "f" / "val", {"a": 1, "b": 1})
+    fails_with(folder_args(tmp_path / "f", tmp_path), capsys, "with no JPEG or PNG images: a, b")
+
+
+def test_image_folder_with_one_class(tmp_path, capsys):
+    write_image_tree(tmp_path / "f" / "train", {"a": 3})
+    write_image_tree(tmp_path / "f" / "val", {"a": 2})
+    fails_with(folder_args(tmp_path / "f", tmp_path), capsys, "has one class folder (a); a classifier needs at least two")
+
+
+def test_val_class_missing_from_train(tmp_path, capsys):
+    write_image_tree(tmp_path / "f" / "train", {"a": 3, "b": 3})
+    write_image_tree(tmp_path / "f" / "val", {"a": 2, "c": 2})
+    fails_with(folder_args(tmp_path / "f", tmp_path), capsys, "missing from")
+
+
+def test_output_directory_that_cannot_be_written(fmnist, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    fails_with(["train", "--data-dir", fmnist, "--out", tmp_path / "a-file" / "run", *FAST], capsys,
+               "cannot write to the output directory")  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
+def test_output_directory_without_write_permission(fmnist, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    fails_with(["train", "--data-dir", fmnist, "--out", locked / "run", *FAST], capsys, "Permission denied")
+
+
+def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(fmnist, tmp_path, capsys, monkeypatch):
+    """The second write of last.pt goes to /dev/full: the kernel's own ENOSPC, mid-write."""
+    out = tmp_path / "run"
+    real_mkstemp, writes = checkpoint_module.tempfile.mkstemp, []
+
+    def mkstemp(prefix, suffix, dir):
+        fd, path = real_mkstemp(prefix=prefix, suffix=suffix, dir=dir)
+        if prefix == ".last.pt.":
+            writes.append(path)
+            if len(writes) == 2:
+                os.close(fd)
+                fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, path
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp)
+    args = ["train", "--data-dir", fmnist, "--out", out, *FAST]
+    args[args.index("--epochs") + 1], args[args.index("--max-steps") + 1] = "2", "100"
+    fails_with(args, capsys, "No space left on device; the previous one is kept")
+    assert len(writes) == 2
+    kept = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert not list((out / "checkpoints").glob(".*.tmp"))  # the half-written file is removed
+
+
+@pytest.fixture(scope="module")
+def checkpoint(fmnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--data-dir", str(fmnist), "--out", str(out), *FAST]) == 0
+    return out / "checkpoints" / "last.pt"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with no pixel data at all."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("notes.txt", b"these are not pixels\n", "not an image file this program can read"),
+        ("empty.png", b"", "the file is empty"),
+        ("huge.png", png_header(100_000, 100_000), "the image is too large to classify"),
+        ("cut.png", png_header(64, 64), "cannot decode the image"),
+    ],
+    ids=["text", "empty", "huge", "no-pixels"],
+)
+def test_predict_bad_image_files(checkpoint, tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    fails_with(["predict", "--checkpoint", checkpoint, path], capsys, f"{path}: {message}")
+
+
+def test_predict_missing_image(checkpoint, tmp_path, capsys):
+    fails_with(["predict", "--checkpoint", checkpoint, tmp_path / "gone.jpg"], capsys, "no such file")
+
+
+def test_a_real_process_prints_no_traceback(fmnist, tmp_path):
+    """The in-process checks above, once as a user runs it: a separate process and its exit status."""
+    bad = corrupt_copy(fmnist, tmp_path / "d", lambda raw: raw[:-5])
+    done = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data-dir", str(bad), "--out",
+                           str(tmp_path / "run"), *FAST], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "is truncated" in done.stderr and "Traceback" not in done.stderr
