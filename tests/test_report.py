@@ -115,6 +115,13 @@ def _empty_metrics(trained, tmp_path):
     return [str(tmp_path / "run")], "has no rows"
 
 
+def _garbled_metrics(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "run")
+    text = (trained / "metrics.csv").read_text().splitlines()
+    (tmp_path / "run" / "metrics.csv").write_text("\n".join([text[0], "1,0.1,x,0.5,1.0,0.5,0.9,1,1"]) + "\n")
+    return [str(tmp_path / "run")], "is not a number"
+
+
 def _corrupt_checkpoint(trained, tmp_path):
     shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("*.pt"))
     (tmp_path / "run" / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
@@ -132,9 +139,10 @@ def _out_is_a_directory(trained, tmp_path):
 
 @pytest.mark.parametrize("case", [
     lambda trained, tmp_path: ([str(tmp_path / "missing")], "run directory not found"),
-    _no_metrics, _empty_metrics, _no_checkpoint, _corrupt_checkpoint, _out_under_a_file, _out_is_a_directory,
-], ids=["missing", "no-metrics", "empty-metrics", "no-checkpoint", "corrupt-checkpoint", "out-under-file",
-        "out-is-dir"])  # fmt: skip
+    _no_metrics, _empty_metrics, _garbled_metrics, _no_checkpoint, _corrupt_checkpoint, _out_under_a_file,
+    _out_is_a_directory,
+], ids=["missing", "no-metrics", "empty-metrics", "garbled-metrics", "no-checkpoint", "corrupt-checkpoint",
+        "out-under-file", "out-is-dir"])  # fmt: skip
 def test_bad_input_is_one_line(trained, tmp_path, capsys, case):
     args, message = case(trained, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -100,6 +100,11 @@ def load_run(root: str | os.PathLike, checkpoint: str = "best") -> RunRecord:
     needed = {"epoch", "train_loss", "train_acc", "val_loss", "val_top1"}
     if not needed <= set(metrics[0]):
         raise AlexNetError(f"{metrics_path} lacks the columns {', '.join(sorted(needed - set(metrics[0])))}")
+    for row in metrics:
+        try:
+            [float(row[k]) for k in needed]
+        except (TypeError, ValueError):
+            raise AlexNetError(f"{metrics_path}: epoch {row.get('epoch')!r} has a value that is not a number") from None
     order = ("best", "last") if checkpoint == "best" else ("last",)
     candidates = [root / "checkpoints" / f"{name}.pt" for name in order]
     found = [path for path in candidates if path.is_file()]
