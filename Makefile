@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: train test test-all data clean
+.PHONY: train test test-all data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,23 @@ data:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 
+# The tests also want Debian's chromium: the HTML report is checked in a headless browser
+# (tests/test_report.py). Installed the same way; where it cannot be, those tests are skipped
+# and say why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "could not install chromium; the browser tests will be skipped"; \
+	fi
+
 train: $(STAMP) data
 	$(BIN)/alexnet train --preset quick --out runs/quick
 
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP) data
+test-all: $(STAMP) data browser
 	$(BIN)/python -m pytest -q -m ''
 
 clean:

@@ -58,7 +58,7 @@ def trained(fmnist_dir, tmp_path_factory):
 
 def test_run_directory_layout(trained):
     for name in ("config.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt", "plots/curves.png",
-                 "plots/confusion.png", "plots/confusion.json"):  # fmt: skip
+                 "plots/confusion.png", "plots/confusion.json", "plots/misclassified.png", "plots/samples.png"):  # fmt: skip
         assert (trained / name).is_file(), name
     rows = list(csv.DictReader((trained / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]

@@ -1,4 +1,4 @@
-"""Engine pieces that need no data: the schedule, checkpoint files, safe loading."""
+"""Engine pieces that need no data: the schedule, checkpoint files, safe loading, evaluation."""
 
 import math
 import os
@@ -9,6 +9,7 @@ import torch
 
 from alexnet.config import PRESETS, TrainConfig, resolve_config
 from alexnet.engine.checkpoint import read_checkpoint, save_checkpoint
+from alexnet.engine.evaluate import evaluate
 from alexnet.engine.optim import LRSchedule, create_optimizer
 from alexnet.errors import AlexNetError
 
@@ -138,3 +139,16 @@ def test_config_round_trip():
     cfg = resolve_config("quick", {"seed": 3})
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert math.isclose(TrainConfig.from_dict({**cfg.to_dict(), "unknown_key": 1}).lr, cfg.lr)
+
+
+def test_evaluate_keeps_the_first_samples_with_their_probabilities():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    batches = [(torch.randn(3, 3, 2, 2), torch.tensor([0, 1, 2])), (torch.randn(3, 3, 2, 2), torch.tensor([3, 0, 1]))]
+    result = evaluate(model, batches, 4, keep_samples=5)
+    images = torch.cat([b[0] for b in batches])[:5]
+    assert [label for _, label, _ in result["samples"]] == [0, 1, 2, 3, 0]
+    for (img, _, probs), expected_img in zip(result["samples"], images):
+        assert torch.equal(img, expected_img)
+        assert torch.allclose(probs, model(expected_img[None]).softmax(1)[0], atol=1e-6)
+    assert evaluate(model, batches, 4)["samples"] == []

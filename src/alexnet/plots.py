@@ -1,4 +1,4 @@
-"""Pictures of a run: learning curves, the confusion matrix, misclassified and sample images.
+"""Pictures of a run: learning curves, the confusion matrix, misclassified images, predictions.
 
 Each function draws one figure and saves it as PNG; matplotlib's Agg backend, so no
 screen is needed. The notebook calls the same functions.
@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -28,6 +29,7 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     ax_acc.plot(epochs, [100 * float(r["val_top1"]) for r in rows], "o-", label="validation top-1")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
@@ -70,6 +72,57 @@ def plot_images(
     for ax, img, title in zip(axes.flat, images, titles):
         ax.imshow(to_displayable(img, mean, std), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
         ax.set_title(title, fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def plot_predictions(
+    images: Sequence[torch.Tensor],
+    probs: Sequence[torch.Tensor],
+    class_names: Sequence[str],
+    path: str | Path,
+    *,
+    true_labels: Sequence[int] | None = None,
+    topk: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """Each image beside a bar chart of its ``topk`` class probabilities.
+
+    With ``true_labels`` the image is titled with its true class and the true class's bar is
+    green (any other bar red when it is the top one, grey otherwise).
+    """
+    count = max(1, len(images))
+    cols = min(4, count)
+    rows = math.ceil(count / cols)
+    k = min(topk, len(class_names))
+    fig, axes = plt.subplots(
+        rows, 2 * cols, figsize=(3.8 * cols, 1.8 * rows), squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1.4] * cols},
+    )  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for n, (img, p) in enumerate(zip(images, probs)):
+        ax_img, ax_bar = axes[n // cols, 2 * (n % cols)], axes[n // cols, 2 * (n % cols) + 1]
+        ax_img.imshow(to_displayable(img, mean, std), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        true = None if true_labels is None else int(true_labels[n])
+        if true is not None:
+            ax_img.set_title(f"true {class_names[true]}", fontsize=7)
+        values, indices = torch.as_tensor(p, dtype=torch.float32).topk(k)
+        colors = []
+        for rank, i in enumerate(indices.tolist()):
+            colors.append("tab:green" if i == true else "tab:red" if rank == 0 and true is not None else "tab:gray")
+        ax_bar.axis("on")
+        ax_bar.barh(range(k), (100 * values).tolist(), color=colors)
+        ax_bar.set_yticks(range(k), [class_names[i] for i in indices.tolist()], fontsize=7)
+        ax_bar.invert_yaxis()
+        ax_bar.set_xlim(0, 100)
+        ax_bar.tick_params(axis="x", labelsize=6)
+        ax_bar.set_xlabel("probability (%)", fontsize=6)
+        for rank, v in enumerate(values.tolist()):
+            ax_bar.text(min(100 * v + 2, 70), rank, f"{100 * v:.1f}%", va="center", fontsize=6)
     if suptitle:
         fig.suptitle(suptitle)
     return _save(fig, path)

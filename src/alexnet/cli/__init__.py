@@ -8,9 +8,9 @@ import sys
 import traceback
 
 from ..errors import AlexNetError
-from . import bench, evaluate, export, predict, summary, train
+from . import bench, evaluate, export, predict, report, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export, bench)
+COMMANDS = (summary, train, evaluate, predict, export, report, bench)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -5,14 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .. import plots
-from ..data import DATASETS, build_loaders
-from ..engine.checkpoint import build_model, read_checkpoint
-from ..engine.evaluate import evaluate
-from ..engine.fit import amp_context, data_config, select_device
-from ..config import TrainConfig
+from ..data import DATASETS
+from ..engine.checkpoint_eval import DATA_OVERRIDES, evaluate_checkpoint
 
 
 def add_parser(sub) -> None:
@@ -32,30 +27,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    ckpt = read_checkpoint(args.checkpoint)
-    model = build_model(ckpt, args.checkpoint)
-    cfg = TrainConfig.from_dict(ckpt.get("config", {}))
-    if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
-        cfg.data_dir = None  # the training machine's folder is not here: search the usual places
-    for name in ("dataset", "data_dir", "val_dir", "val_labels", "subset"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.batch_size is not None and args.batch_size < 1:
-        from ..errors import AlexNetError
-
-        raise AlexNetError(f"--batch-size must be positive, got {args.batch_size}")
-    cfg.in_channels = ckpt["model_args"]["in_channels"]
-    device = select_device(args.device)
-    batch = args.batch_size or cfg.eval_batch_size or cfg.batch_size
-    _, loader, info = build_loaders(data_config(cfg), device=device, batch_size=batch, eval_batch_size=batch, tta=args.tta)
-    num_classes = ckpt["model_args"]["num_classes"]
-    model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    autocast, _ = amp_context(device, cfg.amp)
-    result = evaluate(model, loader, num_classes, autocast=autocast, channels_last=cfg.channels_last, keep_mistakes=32)
-    names = list(ckpt.get("class_names") or info.class_names)
-    names += [str(i) for i in range(len(names), num_classes)]
+    ev = evaluate_checkpoint(
+        args.checkpoint,
+        overrides={name: getattr(args, name) for name in DATA_OVERRIDES},
+        device=args.device,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        keep_mistakes=32,
+    )
+    result, names, info = ev.result, ev.class_names, ev.info
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     plots.plot_confusion(result["confusion"], names, out / "confusion.png")

@@ -21,6 +21,7 @@ def evaluate(
     autocast: contextlib.AbstractContextManager | None = None,
     channels_last: bool = False,
     keep_mistakes: int = 0,
+    keep_samples: int = 0,
     progress: bool = False,
     desc: str = "eval",
 ) -> dict:
@@ -28,7 +29,9 @@ def evaluate(
 
     Counts are summed over ranks, so with a sharded loader (no padding) every sample is
     counted exactly once. ``mistakes`` holds up to ``keep_mistakes`` misclassified inputs
-    of this rank (first crop) with their labels and predictions, for pictures.
+    of this rank (first crop) with their labels and predictions, for pictures; ``samples``
+    the first ``keep_samples`` inputs of this rank, right or wrong, with their labels and
+    predicted class probabilities.
     """
     model.eval()
     autocast = autocast if autocast is not None else contextlib.nullcontext()
@@ -37,6 +40,7 @@ def evaluate(
     correct5 = torch.zeros((), device=device, dtype=torch.long)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
     mistakes: list[tuple[torch.Tensor, int, int]] = []
+    samples: list[tuple[torch.Tensor, int, torch.Tensor]] = []
     k = min(5, num_classes)
     for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, unit="batch"):
         crops = images.shape[1] if images.ndim == 5 else 1
@@ -58,6 +62,10 @@ def evaluate(
             wrong = (pred != labels).nonzero().flatten()[: keep_mistakes - len(mistakes)]
             first = images[:, 0] if crops > 1 else images
             mistakes += [(first[i].float().cpu(), int(labels[i]), int(pred[i])) for i in wrong.tolist()]
+        if len(samples) < keep_samples:
+            first = images[:, 0] if crops > 1 else images
+            probs = log_probs[: keep_samples - len(samples)].exp().cpu()
+            samples += [(first[i].float().cpu(), int(labels[i]), probs[i]) for i in range(len(probs))]
     all_reduce_sum(loss_sum)
     all_reduce_sum(correct5)
     all_reduce_sum(confusion)
@@ -74,4 +82,5 @@ def evaluate(
         "per_class_n": per_class_n.tolist(),
         "confusion": matrix.tolist(),
         "mistakes": mistakes,
+        "samples": samples,
     }

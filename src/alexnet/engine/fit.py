@@ -385,7 +385,7 @@ def fit(cfg: TrainConfig) -> dict:
             train_metrics = reduce_train_metrics(train_metrics, device)
             result = evaluate(
                 net, val_loader, num_classes, autocast=autocast, channels_last=cfg.channels_last,
-                keep_mistakes=32, progress=cfg.progress and dist.is_main_process(), desc="validate",
+                keep_mistakes=32, keep_samples=16, progress=cfg.progress and dist.is_main_process(), desc="validate",
             )  # fmt: skip
             epoch_time = time.perf_counter() - t0
             cut = schedule.epoch_end(1.0 - result["top1"]) if train_metrics["complete"] else False
@@ -451,19 +451,22 @@ def reduce_train_metrics(m: dict, device: torch.device) -> dict:
 
 
 def write_plots(run: RunDirectory, result: dict, info: DatasetInfo) -> None:
+    """plots/: curves.png, confusion.png and .json, misclassified.png, samples.png (validation, last epoch)."""
     rows = run.read_metrics()
     if rows:
         plots.plot_curves(rows, run.plot_dir / "curves.png")
-    plots.plot_confusion(result["confusion"], info.class_names, run.plot_dir / "confusion.png")
-    (run.plot_dir / "confusion.json").write_text(
-        json.dumps({"class_names": list(info.class_names), "matrix": result["confusion"]}) + "\n"
-    )
+    # --num-classes may exceed the dataset's classes: the extra outputs are named by number.
+    names = list(info.class_names) + [str(i) for i in range(len(info.class_names), len(result["confusion"]))]
+    plots.plot_confusion(result["confusion"], names, run.plot_dir / "confusion.png")
+    (run.plot_dir / "confusion.json").write_text(json.dumps({"class_names": names, "matrix": result["confusion"]}) + "\n")
     if result["mistakes"]:
         imgs, titles = [], []
         for img, true, pred in result["mistakes"]:
             imgs.append(img)
-            titles.append(f"true {info.class_names[true]}\npred {info.class_names[pred]}")
+            titles.append(f"true {names[true]}\npred {names[pred]}")
         plots.plot_images(imgs, titles, run.plot_dir / "misclassified.png", mean=info.mean, std=info.std,
                           suptitle="Misclassified validation images")  # fmt: skip
-
-
+    if result.get("samples"):
+        imgs, labels, probs = zip(*result["samples"])
+        plots.plot_predictions(imgs, probs, names, run.plot_dir / "samples.png", true_labels=labels,
+                               mean=info.mean, std=info.std, suptitle="Validation samples and their top-3 predictions")  # fmt: skip
