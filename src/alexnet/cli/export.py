@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,10 @@ def example_input(ckpt: dict) -> torch.Tensor:
 
 def export_torchscript(model: torch.nn.Module, x: torch.Tensor, out: Path) -> torch.Tensor:
     traced = torch.jit.trace(model, x)
-    traced.save(str(out))
+    try:
+        traced.save(str(out))
+    except RuntimeError as e:  # TorchScript's writer reports I/O failures as RuntimeError
+        raise OSError(str(e).splitlines()[0]) from None
     loaded = torch.jit.load(str(out))
     with torch.no_grad():
         return loaded(x)
@@ -50,19 +54,27 @@ def export_onnx(model: torch.nn.Module, x: torch.Tensor, out: Path) -> torch.Ten
 
 
 def run(args) -> int:
+    out = Path(args.out)
+    if not args.out or out.is_dir() or (out.exists() and not out.is_file()):
+        raise AlexNetError(f"--out must name a file to write, got {args.out!r}")
     ckpt = read_checkpoint(args.checkpoint)
     model = build_model(ckpt, args.checkpoint).eval()
     x = example_input(ckpt)
-    out = Path(args.out)
+    # Written beside the target and renamed over it once checked, so a failed export never
+    # leaves a broken file where a good one was.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        exported = (export_torchscript if args.format == "torchscript" else export_onnx)(model, x, out)
+        exported = (export_torchscript if args.format == "torchscript" else export_onnx)(model, x, tmp)
+        with torch.no_grad():
+            reference = model(x)
+        diff = (exported - reference).abs().max().item()
+        if diff > TOLERANCE:
+            raise AlexNetError(f"the {args.format} export differs from the PyTorch model by {diff:.2e} (limit {TOLERANCE:g})")
+        os.replace(tmp, out)
     except OSError as e:
         raise AlexNetError(f"cannot write {out}: {e.strerror or e}") from None
-    with torch.no_grad():
-        reference = model(x)
-    diff = (exported - reference).abs().max().item()
-    if diff > TOLERANCE:
-        raise AlexNetError(f"the {args.format} export differs from the PyTorch model by {diff:.2e} (limit {TOLERANCE:g})")
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"wrote {out} ({args.format}); max |logit difference| against PyTorch on a test batch: {diff:.2e}")
     return 0
