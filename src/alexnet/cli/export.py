@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,12 +29,15 @@ def example_input(ckpt: dict) -> torch.Tensor:
 
 
 def export_torchscript(model: torch.nn.Module, x: torch.Tensor, out: Path) -> torch.Tensor:
-    traced = torch.jit.trace(model, x)
-    try:
-        traced.save(str(out))
-    except RuntimeError as e:  # TorchScript's writer reports I/O failures as RuntimeError
-        raise OSError(str(e).splitlines()[0]) from None
-    loaded = torch.jit.load(str(out))
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream but still what C++ and mobile runtimes load.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, x)
+        try:
+            traced.save(str(out))
+        except RuntimeError as e:  # TorchScript's writer reports I/O failures as RuntimeError
+            raise OSError(str(e).splitlines()[0]) from None
+        loaded = torch.jit.load(str(out))
     with torch.no_grad():
         return loaded(x)
 

@@ -34,6 +34,9 @@ def open_image(path: str) -> Image.Image:
         raise AlexNetError(f"{path}: the file is empty")
     try:
         with warnings.catch_warnings():
+            # PIL warns about damaged metadata (EXIF, truncated TIFF tags) on files it still
+            # decodes; the answer is the prediction, not a warning on stderr.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(file)
             if img.width * img.height > MAX_PIXELS:
