@@ -285,6 +285,9 @@ def fit(cfg: TrainConfig) -> dict:
         load_model_state(model, model_state(resume_ckpt, cfg.resume), str(cfg.resume))
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         schedule.load_state_dict(resume_ckpt["schedule"])
+        stored_lr = float(resume_ckpt.get("config", {}).get("lr", cfg.lr))
+        if cfg.lr != stored_lr:  # --lr given with --resume: the schedule goes on from the new peak
+            schedule.base_lrs = [b * cfg.lr / stored_lr for b in schedule.base_lrs]
         scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch, step = int(resume_ckpt["epoch"]), int(resume_ckpt["step"])
         best_top1 = float(resume_ckpt.get("best_top1", -1.0))
@@ -427,6 +430,10 @@ def fit(cfg: TrainConfig) -> dict:
             128 + getattr(signal, stopped_by),
         )
     dist.barrier()
+    if not result:
+        limit = f" and --max-steps {cfg.max_steps}" if cfg.max_steps is not None else ""
+        log(f"nothing to train: the run is at epoch {start_epoch}, step {step}, of --epochs {cfg.epochs}"
+            f"{limit}; give more to go on")  # fmt: skip
     if dist.is_main_process() and result:
         write_plots(run, result, info)
         log(
