@@ -181,6 +181,7 @@ def validate_config(cfg: TrainConfig) -> None:
     ]
     checks += [
         (cfg.skip_nonfinite >= 0, "--skip-nonfinite must not be negative"),
+        (cfg.num_classes is None or cfg.num_classes > 0, f"--num-classes must be positive, got {cfg.num_classes}"),
         (cfg.save_every is None or cfg.save_every > 0, "--save-every must be positive"),
     ]
     for ok, message in checks:
