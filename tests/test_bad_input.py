@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 import torch
+from PIL import Image
 
 from alexnet.cli import main
 from alexnet.engine import checkpoint as checkpoint_module
@@ -188,3 +189,61 @@ def test_a_real_process_prints_no_traceback(fmnist, tmp_path):
                            str(tmp_path / "run"), *FAST], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "is truncated" in done.stderr and "Traceback" not in done.stderr
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "report", "resume", "init-from"])
+def test_a_checkpoint_that_runs_code_is_refused_everywhere(fmnist, checkpoint, tmp_path, capsys, command):
+    marker = tmp_path / "the-code-ran"
+    run_dir = tmp_path / "evil-run"
+    shutil.copytree(checkpoint.parent.parent, run_dir)
+    evil = run_dir / "checkpoints" / "last.pt"
+    state = read_checkpoint(checkpoint)
+    state["extra"] = RunsCode(marker)
+    torch.save(state, evil)
+    shutil.copy(evil, run_dir / "checkpoints" / "best.pt")
+    image = tmp_path / "x.png"
+    Image.new("L", (20, 20)).save(image)
+    args = {
+        "eval": ["eval", "--checkpoint", evil],
+        "predict": ["predict", "--checkpoint", evil, image],
+        "export": ["export", "--checkpoint", evil, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+        "report": ["report", run_dir, "--out", tmp_path / "r.html"],
+        "resume": ["train", "--resume", run_dir, "--no-progress"],
+        "init-from": ["train", "--data-dir", fmnist, "--out", tmp_path / "ft", *FAST, "--init-from", evil],
+    }[command]
+    fails_with(args, capsys, "refusing to load")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--model", "alexnet_paper"], "does not fit AlexNet: missing keys: features.conv1.weight"),
+        (["--num-classes", "12"], "shape mismatch: classifier.6.weight (10, 4096) vs (12, 4096)"),
+    ],
+    ids=["other-model", "other-class-count"],
+)
+def test_resume_into_another_model_names_the_keys(checkpoint, tmp_path, capsys, change, message):
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpoint.parent.parent, run_dir)
+    fails_with(["train", "--resume", run_dir, "--no-progress", "--max-steps", "3", *change], capsys, message)
+
+
+def test_the_crafted_checkpoint_really_runs_code_when_loaded_unsafely(checkpoint, tmp_path):
+    """So the refusals above mean something: an unsafe load of the same file does run it."""
+    marker = tmp_path / "the-code-ran"
+    state = read_checkpoint(checkpoint)
+    state["extra"] = RunsCode(marker)
+    torch.save(state, tmp_path / "evil.pt")
+    torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert marker.exists()
