@@ -247,3 +247,10 @@ def test_the_crafted_checkpoint_really_runs_code_when_loaded_unsafely(checkpoint
     torch.save(state, tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.exists()
+
+
+def test_a_torchscript_export_is_not_taken_for_a_checkpoint(checkpoint, tmp_path, capsys):
+    exported = tmp_path / "model.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(exported)]) == 0
+    capsys.readouterr()
+    fails_with(["eval", "--checkpoint", exported], capsys, "is a TorchScript export (alexnet export), not a training checkpoint")

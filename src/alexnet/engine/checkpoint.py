@@ -73,6 +73,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise AlexNetError(f"checkpoint not found: {path}")
+    if is_torchscript(path):  # torch.load would hand it to torch.jit.load, which runs no pickle checks
+        raise AlexNetError(f"{path} is a TorchScript export (alexnet export), not a training checkpoint")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -89,6 +91,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict):
         raise AlexNetError(f"{path} is not a checkpoint: expected a dictionary, found {type(obj).__name__}")
     return obj
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip holding a code/ folder and constants.pkl."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def model_state(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, torch.Tensor]:
