@@ -5,7 +5,7 @@
 Half of the kills land while a checkpoint is being written over the previous one (the harness
 kills the process the moment the temporary file appears), the others at random times between
 the first checkpoint and the end of an undisturbed run. The run is the tiny deterministic one
-of tests/test_kill_resume.py (alexnet_owt at 63 px, SGD with momentum, 3 epochs of 10 steps,
+of tests/test_kill_resume.py (alexnet_owt at 63 px, SGD with momentum, 8 epochs of 10 steps,
 a checkpoint every 3 steps) on generated Fashion-MNIST-format data. Prints and writes
 <out>/kill_resume.json: kills, kills during a write, restarts, and whether the final weights,
 optimizer state and metrics equal the undisturbed run's bit for bit.
@@ -30,6 +30,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=8, help="of 10 steps each; more epochs leave room for more kills")
     p.add_argument("--out", default="runs/kill-resume")
     args = p.parse_args()
     out = Path(args.out)
@@ -39,9 +40,9 @@ def main() -> int:
     write_fashion_mnist(data, n_train=160, n_val=40)
     log = out / "train.log"
     t0 = time.monotonic()
-    first_write, total = timed_run(train_args(data, out / "whole", epochs=3), out / "whole", log)
+    first_write, total = timed_run(train_args(data, out / "whole", epochs=args.epochs), out / "whole", log)
     plan = random_plan(random.Random(args.seed), args.kills, first_write, total)
-    campaign = kill_and_resume(train_args(data, out / "killed", epochs=3), out / "killed", plan, log)
+    campaign = kill_and_resume(train_args(data, out / "killed", epochs=args.epochs), out / "killed", plan, log)
     same_run(out / "whole", out / "killed")  # raises if anything differs
     summary = {
         "kills": campaign.kills,
@@ -51,6 +52,7 @@ def main() -> int:
         "resumed_from_epoch_step_batch": campaign.resumed_from,
         "moments": campaign.moments,
         "final_equal_to_undisturbed": True,
+        "epochs": args.epochs,
         "undisturbed_run_s": round(total, 1),
         "wall_s": round(time.monotonic() - t0, 1),
     }

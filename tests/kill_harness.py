@@ -118,9 +118,12 @@ def timed_run(args: list[str], out: Path, log: Path) -> tuple[float, float]:
 
 
 def random_plan(rng: random.Random, n: int, first_write: float, total: float, write_every: int = 2) -> list[str | float]:
-    """n kill moments: every ``write_every``-th one during a checkpoint write, the others at
-    random times between the first checkpoint and the end of an undisturbed run."""
-    return ["write" if (i + 1) % write_every == 0 else round(rng.uniform(first_write, total), 2) for i in range(n)]
+    """n kill moments: every ``write_every``-th one during a checkpoint write, the others at a
+    random time after start, from the first checkpoint on. The window shrinks as kills grow in
+    number, so that all of them land before the run is done (each restart only has the rest to do)."""
+    timed = n - n // write_every
+    span = (total - first_write) * 2 / max(timed, 2)
+    return ["write" if (i + 1) % write_every == 0 else round(first_write + rng.uniform(0, span), 2) for i in range(n)]
 
 
 def same_run(a: Path, b: Path) -> None:
