@@ -8,9 +8,9 @@ import sys
 import traceback
 
 from ..errors import AlexNetError
-from . import bench, evaluate, export, predict, summary, train
+from . import activations, bench, evaluate, export, filters, neighbors, predict, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export, bench)
+COMMANDS = (summary, train, evaluate, predict, export, bench, filters, neighbors, activations)
 
 
 class OneLineParser(argparse.ArgumentParser):
