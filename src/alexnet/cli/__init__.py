@@ -8,9 +8,9 @@ import sys
 import traceback
 
 from ..errors import AlexNetError
-from . import activations, bench, evaluate, export, filters, neighbors, predict, summary, train
+from . import ablate, activations, bench, evaluate, export, filters, neighbors, predict, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export, bench, filters, neighbors, activations)
+COMMANDS = (summary, train, evaluate, predict, export, bench, filters, neighbors, activations, ablate)
 
 
 class OneLineParser(argparse.ArgumentParser):
