@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -282,25 +282,30 @@ def nearest_neighbors(
     return exact, best_i.gather(1, order)
 
 
-@dataclass
-class Query:
-    """One query for ``neighbors``: the model input, the picture to draw and a caption."""
-
-    image: torch.Tensor  # float (C, S, S), the model's input
-    picture: torch.Tensor  # what to draw: uint8 as stored, or the normalised input
-    caption: str
+def query_features(model: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Last-hidden-layer features of model inputs (Q, C, S, S), rounded to float16 as the bank's
+    are, so that a copy of a bank image lands on it (up to how a batch of another size rounds)."""
+    return penultimate(model.eval(), images.to(device)).to(torch.float16).cpu()
 
 
-def neighbors(
-    model: nn.Module, queries: Iterable[Query], bank: FeatureBank, k: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query, the ``k`` bank images nearest in the last hidden layer:
-    (distances (Q, k), split indices (Q, k)).
+def bank_features(bank: FeatureBank, indices: Sequence[int]) -> torch.Tensor | None:
+    """The stored features of split images that are in the bank; None if one is missing."""
+    rows = []
+    for i in indices:
+        hit = (bank.indices == i).nonzero()
+        if len(hit) == 0:
+            return None
+        rows.append(int(hit[0, 0]))
+    return bank.features[rows]
 
-    Query features are rounded to float16 as the bank's are, so an image of the bank
-    finds itself at distance 0."""
-    queries = list(queries)
-    x = torch.stack([q.image for q in queries]).to(device)
-    feats = penultimate(model.eval(), x).to(torch.float16).cpu()
-    dist, rows = nearest_neighbors(feats, bank.features, min(k, bank.features.shape[0]))
+
+def neighbors(features: torch.Tensor, bank: FeatureBank, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query's features (Q, D), the ``k`` bank images nearest in the last hidden layer:
+    (distances (Q, k), split indices (Q, k)), nearest first."""
+    dist, rows = nearest_neighbors(features, bank.features, min(k, bank.features.shape[0]))
     return dist, bank.indices[rows]
+
+
+def feature_scale(bank: FeatureBank, sample: int = 1000) -> float:
+    """The median length of the bank's feature vectors: the scale distances are read against."""
+    return float(bank.features[:sample].float().norm(dim=1).median())

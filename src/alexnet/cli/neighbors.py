@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from .. import plots
-from ..analysis import Query, cached_features, neighbors, run_dir_of
+from ..analysis import bank_features, cached_features, feature_scale, neighbors, query_features, run_dir_of
 from ..config import TrainConfig
 from ..data import build_preprocess
 from ..data.eval_split import open_eval_split
@@ -65,29 +67,31 @@ def run(args) -> int:
 
     dcfg = data_config(cfg)
     train = open_eval_split(dcfg, "train", spec)
-    queries = []
+    split = train if args.split == "train" else open_eval_split(dcfg, "val", spec)
     if args.index is not None:
-        split = train if args.split == "train" else open_eval_split(dcfg, "val", spec)
         for i in args.index:
             split.check_index(i)
-        inputs = split.images(args.index)
-        for i, x in zip(args.index, inputs):
-            queries.append(Query(x, split.picture(i), f"{split.name} #{i}\n{names[int(split.labels[i])]}"))
-    else:
-        preprocess = build_preprocess(spec)
-        for path in args.image:
-            x = preprocess(open_image(path))
-            queries.append(Query(x, x, Path(path).name))
-
     bank, _ = cached_features(model, args.checkpoint, train, run_dir_of(args.checkpoint) / "cache",
                               batch_size=args.batch_size, device=device)  # fmt: skip
-    dist, found = neighbors(model, queries, bank, args.k, device)
-    digits = decimals(dist)
+    if args.index is not None:
+        # (picture, caption) per query; training images take their features from the bank.
+        queries = [(split.picture(i), f"{split.name} #{i}\n{names[int(split.labels[i])]}") for i in args.index]
+        feats = bank_features(bank, args.index) if split is train else None
+        if feats is None:
+            feats = query_features(model, split.images(args.index), device)
+    else:
+        preprocess = build_preprocess(spec)
+        inputs = [preprocess(open_image(path)) for path in args.image]
+        queries = [(x, Path(path).name) for x, path in zip(inputs, args.image)]
+        feats = query_features(model, torch.stack(inputs), device)
+
+    dist, found = neighbors(feats, bank, args.k)
+    digits = decimals(feature_scale(bank))
     rows = []
-    for q, ds, js in zip(queries, dist.tolist(), found.tolist()):
+    for (picture, caption), ds, js in zip(queries, dist.tolist(), found.tolist()):
         hits = [(train.picture(j), f"train #{j}\n{names[int(train.labels[j])]}\nd = {d:.{digits}f}") for d, j in zip(ds, js)]
-        rows.append((q.picture, q.caption, hits))
-        print(q.caption.replace("\n", " ") + ": " + ", ".join(
+        rows.append((picture, caption, hits))
+        print(caption.replace("\n", " ") + ": " + ", ".join(
             f"train #{j} {names[int(train.labels[j])]} ({d:.{digits}f})" for d, j in zip(ds, js)))  # fmt: skip
     out = Path(args.out) if args.out else run_dir_of(args.checkpoint) / "plots" / "neighbors.png"
     plots.plot_neighbors(rows, out, mean=spec["mean"], std=spec["std"],
@@ -97,8 +101,7 @@ def run(args) -> int:
     return 0
 
 
-def decimals(dist) -> int:
-    """Decimals that give the typical distance three significant digits (features differ in scale
-    from model to model; an image of the training set shows as 0)."""
-    typical = float(dist.median())
-    return max(0, 2 - math.floor(math.log10(typical))) if typical > 0 else 2
+def decimals(scale: float) -> int:
+    """Decimals that give four significant digits of the features' length (their scale differs
+    from model to model), so that distances compare at a glance and a copy prints as 0."""
+    return max(0, 3 - math.floor(math.log10(scale))) if scale > 0 else 4
