@@ -48,6 +48,34 @@ def write_fashion_mnist(
     return out
 
 
+def write_bar_fashion_mnist(
+    directory: Path, *, n_train: int = 160, n_val: int = 40, seed: int = 0, val_copies: dict[int, int] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A learnable 10-class toy set in the real Fashion-MNIST file format (gzipped IDX).
+
+    Image i has label i % 10, dim noise and a bright bar at rows 2c+4..2c+6 for its class c.
+    ``val_copies`` {val index: train index} makes those validation images exact copies (image
+    and label) of training ones, for tests that look an image up among the training set.
+    Returns {split: (images (N, 28, 28), labels (N,))}.
+    """
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, size=(n, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4 : 2 * c + 7, 4:24] = 250
+        images, labels = images.astype(np.uint8), labels.astype(np.uint8)
+        if split == "val":
+            for v, t in (val_copies or {}).items():
+                images[v], labels[v] = out["train"][0][t], out["train"][1][t]
+        for stem, array in zip(FASHION_FILES[split], (images, labels)):
+            (directory / (stem + ".gz")).write_bytes(gzip.compress(idx_bytes(array)))
+        out[split] = (images, labels)
+    return out
+
+
 def cifar_batch(images: np.ndarray, labels: np.ndarray, name: str) -> dict:
     """The dict of one CIFAR batch: images (n, 32, 32, 3) uint8 -> 'data' rows R..G..B.."""
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)

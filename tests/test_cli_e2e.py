@@ -1,9 +1,7 @@
 """End to end through the command line on tiny Fashion-MNIST-format data: train, eval, predict, export, resume."""
 
 import csv
-import gzip
 import json
-import struct
 import subprocess
 import sys
 
@@ -12,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from data_fixtures import write_bar_fashion_mnist
+
 from alexnet.cli import main
 from alexnet.engine.checkpoint import read_checkpoint
 
@@ -19,25 +19,11 @@ FAST = ["--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16", "-
         "--no-progress", "--scheduler", "cosine", "--workers", "0"]  # fmt: skip
 
 
-def write_idx(path, array: np.ndarray) -> None:
-    """The IDX format: magic (0, 0, dtype 0x08 = ubyte, ndim), big-endian dims, then the bytes."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def fmnist_dir(tmp_path_factory):
     """A learnable 10-class toy set in the real Fashion-MNIST file format: class c is a bright bar at row 2c."""
     root = tmp_path_factory.mktemp("fmnist")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 160), ("t10k", 40)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 40, size=(n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c + 4 : 2 * c + 7, 4:24] = 250
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    write_bar_fashion_mnist(root)
     return root
 
 

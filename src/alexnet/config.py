@@ -24,6 +24,11 @@ class TrainConfig:
     init: str = "paper"  # paper: N(0, 0.01) and the paper's biases; torch: PyTorch's default
     image_size: int = 227
     init_from: str | None = None  # torchvision AlexNet weights file (alexnet_owt)
+    # The paper models' ablation switches; None keeps the model's own default (the paper's:
+    # LRN on, overlapping 3/2 pooling). Given ones go to the builder and into model_args.
+    lrn: bool | None = None
+    pool_kernel: int | None = None
+    pool_stride: int | None = None
 
     # Data
     dataset: str = "fashion-mnist"
@@ -85,10 +90,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """Builder keyword arguments beyond num_classes, in_channels and dropout that shape the
+        network (and so must be in a checkpoint's model_args to rebuild it): the ones given."""
+        return {k: getattr(self, k) for k in ARCHITECTURE_FIELDS if getattr(self, k) is not None}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# TrainConfig fields passed to the model builder when set (see ``TrainConfig.model_kwargs``).
+ARCHITECTURE_FIELDS = ("lrn", "pool_kernel", "pool_stride")
 
 
 # Each preset is a plain dictionary of overrides on TrainConfig's defaults; the command
@@ -166,6 +180,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps > 0, "--max-steps must be positive"),
         (cfg.subset is None or cfg.subset > 0, "--subset must be positive"),
         (cfg.image_size > 0, f"--image-size must be positive, got {cfg.image_size}"),
+        (cfg.pool_kernel is None or cfg.pool_kernel > 0, f"--pool-kernel must be positive, got {cfg.pool_kernel}"),
+        (cfg.pool_stride is None or cfg.pool_stride > 0, f"--pool-stride must be positive, got {cfg.pool_stride}"),
         (0.0 <= cfg.dropout < 1.0, f"--dropout must be in [0, 1), got {cfg.dropout}"),
         (0.0 <= cfg.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)"),
         (cfg.weight_decay >= 0, "--weight-decay must not be negative"),

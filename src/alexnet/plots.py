@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
+from .errors import AlexNetError  # noqa: E402
+
 
 def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     """Loss and accuracy per epoch, train against validation, from metrics.csv rows."""
@@ -128,6 +130,107 @@ def plot_predictions(
     return _save(fig, path)
 
 
+def plot_filters(blocks: Sequence[torch.Tensor], titles: Sequence[str], path: str | Path, *, suptitle: str) -> Path:
+    """Grids of first-layer kernels (C, H, W) in [0, 1] (analysis.filter_blocks), one labelled block each."""
+    height = sum(b.shape[1] for b in blocks)
+    width = max(b.shape[2] for b in blocks)
+    scale = 10.0 / width  # inches per grid pixel: the figure is 10 inches wide
+    fig, axes = plt.subplots(
+        len(blocks), 1, figsize=(10, scale * height + 0.5 + 0.35 * len(blocks)), squeeze=False,
+        gridspec_kw={"height_ratios": [b.shape[1] for b in blocks]},
+    )  # fmt: skip
+    for ax, block, title in zip(axes[:, 0], blocks, titles):
+        ax.imshow(_hwc(block), cmap="gray" if block.shape[0] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(suptitle, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_neighbors(
+    rows: Sequence[tuple[torch.Tensor, str, Sequence[tuple[torch.Tensor, str]]]],
+    path: str | Path,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """One row per query: the query image, then its neighbours, each with a caption (the paper's Figure 4).
+
+    Images are uint8 as stored, or normalised floats that ``mean``/``std`` undo.
+    """
+    cols = 1 + max(len(found) for _, _, found in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.6 * cols, 5.0), 2.3 * len(rows) + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (query, caption, found) in enumerate(rows):
+        for c, (img, text) in enumerate([(query, caption), *found]):
+            ax = axes[r, c]
+            ax.imshow(to_displayable(img, mean, std), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+            ax.set_title(text, fontsize=7, color="tab:blue" if c == 0 else "black")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_feature_maps(
+    picture: torch.Tensor,
+    panels: Sequence[tuple[str, torch.Tensor]],
+    path: str | Path,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """The input image, then one panel per layer: a grey grid (1, H, W) of its feature maps."""
+    n = 1 + len(panels)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(to_displayable(picture, mean, std), cmap="gray" if picture.shape[0] == 1 else None, vmin=0, vmax=1)
+    axes.flat[0].set_title("input", fontsize=9)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")  # NaN: the padding between maps
+    for ax, (title, grid) in zip(list(axes.flat)[1:], panels):
+        ax.imshow(grid[0].numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_ablation(summary: Sequence[dict], path: str | Path, *, title: str) -> Path:
+    """Mean top-1 error per variant with error bars (the std over seeds) and a dot per seed.
+
+    ``summary`` rows need: variant, top1_errors (list of fractions), top1_error_mean, top1_error_std.
+    """
+    names = [row["variant"] for row in summary]
+    means = [100 * row["top1_error_mean"] for row in summary]
+    stds = [100 * row["top1_error_std"] if row["top1_error_std"] == row["top1_error_std"] else 0.0 for row in summary]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2.5, 4))
+    x = list(range(len(names)))
+    ax.bar(x, means, yerr=stds, capsize=6, color="tab:blue", alpha=0.7, label="mean over seeds (+/- std)")
+    for i, row in enumerate(summary):
+        errors = [100 * e for e in row["top1_errors"]]
+        ax.plot([i] * len(errors), errors, "o", color="black", markersize=4, label="one seed" if i == 0 else None)
+        ax.annotate(f"{means[i]:.2f}", (i, means[i] + stds[i]), textcoords="offset points", xytext=(0, 4),
+                    ha="center", fontsize=8)  # fmt: skip
+    ax.set_xticks(x, names)
+    ax.set(ylabel="top-1 error (%)", title=title)
+    top = max((m + s for m, s in zip(means, stds)), default=1.0)
+    ax.set_ylim(0, top * 1.3 + 0.5)  # headroom for the values and the legend
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    return _save(fig, path)
+
+
+def _hwc(img: torch.Tensor):
+    """(C, H, W) in [0, 1] -> (H, W) or (H, W, C) array for imshow."""
+    x = img.detach().float().cpu().clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
 def to_displayable(img: torch.Tensor, mean=None, std=None):
     """(C, H, W) float or uint8 -> (H, W) or (H, W, 3) float array in [0, 1] for imshow."""
     x = img.detach().float().cpu()
@@ -141,8 +244,12 @@ def to_displayable(img: torch.Tensor, mean=None, std=None):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise AlexNetError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return path

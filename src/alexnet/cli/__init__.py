@@ -8,9 +8,9 @@ import sys
 import traceback
 
 from ..errors import AlexNetError
-from . import bench, evaluate, export, predict, report, summary, train
+from . import ablate, activations, bench, evaluate, export, filters, neighbors, predict, report, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export, report, bench)
+COMMANDS = (summary, train, evaluate, predict, export, report, bench, filters, neighbors, activations, ablate)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -248,8 +248,13 @@ def fit(cfg: TrainConfig) -> dict:
     in_channels = info.in_channels
     if num_classes < info.num_classes:
         raise AlexNetError(f"--num-classes {num_classes} is fewer than the dataset's {info.num_classes} classes")
-    model_args = dict(name=cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout)
-    model = create_model(cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout, init=cfg.init)
+    # model_args is what load_checkpoint rebuilds the network from: every argument that shapes
+    # it (init only decides the starting weights, which the checkpoint replaces).
+    arch = cfg.model_kwargs()
+    model_args = dict(name=cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout, **arch)
+    model = create_model(
+        cfg.model, num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout, init=cfg.init, **arch
+    )
     check_input_size(model, cfg.model, in_channels, cfg.image_size)
     if cfg.init_from is not None and resume_ckpt is None:
         for note in init_from_torchvision(model, cfg.init_from, in_channels, num_classes):
