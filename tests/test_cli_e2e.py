@@ -10,21 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from data_fixtures import write_bar_fashion_mnist
 
 from alexnet.cli import main
 from alexnet.engine.checkpoint import read_checkpoint
 
 FAST = ["--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16", "--lr", "0.01", "--init", "torch",
         "--no-progress", "--scheduler", "cosine", "--workers", "0"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def fmnist_dir(tmp_path_factory):
-    """A learnable 10-class toy set in the real Fashion-MNIST file format: class c is a bright bar at row 2c."""
-    root = tmp_path_factory.mktemp("fmnist")
-    write_bar_fashion_mnist(root)
-    return root
 
 
 def run_cli(args, capsys):

@@ -13,17 +13,16 @@ import pytest
 
 from alexnet.engine.checkpoint import read_checkpoint
 from kill_harness import kill_and_resume, random_plan, same_run, temp_checkpoints, timed_run, train_args
-from test_cli_e2e import fmnist_dir  # noqa: F401  (the tiny IDX data fixture)
 
 
 @pytest.fixture(scope="module")
-def undisturbed(fmnist_dir, tmp_path_factory):  # noqa: F811
+def undisturbed(fmnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("undisturbed") / "run"
     first_write, total = timed_run(train_args(fmnist_dir, out), out, out.parent / "train.log")
     return out, first_write, total
 
 
-def test_sigkill_at_random_moments_loses_nothing(fmnist_dir, undisturbed, tmp_path):  # noqa: F811
+def test_sigkill_at_random_moments_loses_nothing(fmnist_dir, undisturbed, tmp_path):
     whole, first_write, total = undisturbed
     killed = tmp_path / "killed"
     # Two kills during a checkpoint write and two at random moments (seeded, so a failure reproduces).
@@ -36,7 +35,7 @@ def test_sigkill_at_random_moments_loses_nothing(fmnist_dir, undisturbed, tmp_pa
     same_run(whole, killed)
 
 
-def test_sigint_and_sigterm_stop_save_and_say_how_to_resume(fmnist_dir, undisturbed, tmp_path):  # noqa: F811
+def test_sigint_and_sigterm_stop_save_and_say_how_to_resume(fmnist_dir, undisturbed, tmp_path):
     whole = undisturbed[0]
     out = tmp_path / "stopped"
     args = train_args(fmnist_dir, out)

@@ -12,7 +12,7 @@ from alexnet.engine.checkpoint import read_checkpoint
 from alexnet.engine.optim import LRSchedule, create_optimizer
 from alexnet.engine.train import NonFiniteLoss, StepOptions, train_one_epoch
 
-from test_cli_e2e import FAST, fmnist_dir  # noqa: F401  (the tiny IDX data fixture)
+from test_cli_e2e import FAST
 
 
 def batches(bad: set[int], n: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -52,7 +52,7 @@ def test_more_bad_batches_than_allowed_stops_with_where_and_what_to_try():
     assert "at step 5" in message and "lr 0.1" in message and "--skip-nonfinite" in message and "--lr" in message
 
 
-def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(fmnist_dir, tmp_path, capsys):  # noqa: F811
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(fmnist_dir, tmp_path, capsys):
     """SGD at a learning rate of 1e4 diverges within a few steps; the run stops at the first
     non-finite loss, exits non-zero and last.pt holds the last step whose weights were finite."""
     out = tmp_path / "diverge"
@@ -70,7 +70,7 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(fmnist_dir, tmp_
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_resume_with_a_new_learning_rate_uses_it(fmnist_dir, tmp_path):  # noqa: F811
+def test_resume_with_a_new_learning_rate_uses_it(fmnist_dir, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(out), "--epochs", "2",
             "--max-steps", "10", "--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16",
