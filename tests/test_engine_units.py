@@ -75,6 +75,22 @@ def test_atomic_save_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+def test_a_short_write_reported_by_torch_save_keeps_the_old_file(tmp_path, monkeypatch):
+    """On a full disk torch.save's zip writer raises RuntimeError, not OSError (seen here when /tmp filled up)."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}}, path)
+
+    def short_write(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9828032 vs 9827920")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(AlexNetError, match="the write failed .*previous one is kept"):
+        save_checkpoint({"model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, ("touch /tmp/alexnet-pwned-by-checkpoint",))

@@ -13,7 +13,6 @@ import io
 import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 
 import argparse
@@ -76,9 +75,9 @@ def check(argv: list[str], code, err: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def world():
+def world(tmp_path_factory):
     """Tiny data, a small trained checkpoint and a working folder (the fuzzer's relative paths land there)."""
-    root = Path(tempfile.mkdtemp(prefix="alexnet-fuzz-"))
+    root = tmp_path_factory.mktemp("fuzz")
     # Only the tiny data exists for the fuzzer: a --data-dir that misses it must not reach the
     # real 70,000 images (a legitimate minute of evaluation, not what is being tested).
     isolate = pytest.MonkeyPatch()

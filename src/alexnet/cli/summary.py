@@ -21,8 +21,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     info = model_info(args.model)  # an unknown model is a one-line error here
     size = info.native_size if args.image_size is None else args.image_size
+    if size < info.min_size:
+        raise AlexNetError(f"--image-size {size} is too small for {args.model}; the smallest it takes is {info.min_size} px")
     for flag, value, least in (("--in-channels", args.in_channels, 1), ("--num-classes", args.num_classes, 1),
-                               ("--image-size", size, info.min_size), ("--depth", args.depth, 0)):  # fmt: skip
+                               ("--depth", args.depth, 0)):  # fmt: skip
         if value < least:
             raise AlexNetError(f"{flag} must be at least {least} for {args.model}, got {value}")
     model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)

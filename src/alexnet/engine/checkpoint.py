@@ -52,7 +52,20 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise AlexNetError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
+        if isinstance(e, RuntimeError) and "inline_container" in str(e):
+            # torch.save's zip writer reports a short write (a full disk, above all) this way.
+            raise AlexNetError(f"cannot write checkpoint {path}: the write failed ({_free_space(path.parent)}); "
+                               "the previous one is kept") from None  # fmt: skip
         raise
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    free = st.f_bavail * st.f_frsize
+    return "No space left on device" if free < 2**20 else f"{free / 2**30:.1f} GiB free"
 
 
 def _fsync_dir(folder: Path) -> None:
