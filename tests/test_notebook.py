@@ -27,7 +27,7 @@ from data_fixtures import write_fashion_mnist
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "AlexNet.ipynb"
 # Each picture the notebook must show: the tag of the cell that draws it. (Issue 9's filters
 # and neighbours will add theirs.)
-FIGURES = {"samples", "curves", "confusion", "misclassified", "predictions"}
+FIGURES = {"samples", "curves", "confusion", "misclassified", "predictions", "filters", "neighbors"}
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -116,6 +116,8 @@ def test_notebook_runs_top_to_bottom(kernel_env):
     assert "epoch 2/2" in text_of(training) and "test accuracy:" in text_of(training)
     assert "top-1" in text_of(by_tag["confusion"])
     assert "report written to" in text_of(by_tag["report"])
+    assert "first-layer kernels of alexnet_paper" in text_of(by_tag["filters"])
+    assert text_of(by_tag["neighbors"]).count("train #") == 3 * 5
 
     run = kernel_env / "runs" / "notebook-small"
     for name in ("metrics.csv", "checkpoints/best.pt", "plots/curves.png", "report.html"):

@@ -16,7 +16,8 @@ from alexnet.data import locate
 from chromium_page import check_page, chromium_or_skip
 from data_fixtures import write_fashion_mnist
 
-SECTIONS = ["summary", "config", "metrics", "curves", "confusion", "per-class", "samples", "mistakes"]
+SECTIONS = ["summary", "config", "metrics", "curves", "confusion", "per-class", "samples", "mistakes", "filters",
+            "neighbors"]
 PNG_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
@@ -52,7 +53,9 @@ def test_report_is_one_self_contained_file(page):
     sections = sections_of(html)
     assert list(sections) == SECTIONS
     pictures = PNG_URI.findall(html)
-    assert len(pictures) == 4  # curves, confusion matrix, samples, mistakes
+    assert len(pictures) == 6  # curves, confusion matrix, samples, mistakes, filters, neighbours
+    assert "64 first-layer kernels of alexnet_owt" in sections["filters"] and PNG_URI.search(sections["filters"])
+    assert "Figure 4" in sections["neighbors"] and PNG_URI.search(sections["neighbors"])
     for data in pictures:
         with Image.open(io.BytesIO(base64.b64decode(data))) as im:
             assert im.format == "PNG" and im.width > 200 and im.height > 100
@@ -76,8 +79,9 @@ def test_no_eval_uses_the_pictures_saved_by_training(trained, tmp_path, capsys):
     assert main(["report", str(trained), "--no-eval", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"report written to {out}"
     html = out.read_text()
-    assert len(PNG_URI.findall(html)) == 4
+    assert len(PNG_URI.findall(html)) == 5  # the four saved pictures and the filters (from the checkpoint)
     sections = sections_of(html)
+    assert "Neighbours not drawn: they need the data (--no-eval)" in sections["neighbors"]
     for key in ("confusion", "per-class", "samples", "mistakes"):
         assert "saved at the end of training" in sections[key], key
     assert out.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
@@ -95,7 +99,7 @@ def test_without_the_data_the_report_falls_back_to_saved_pictures(trained, tmp_p
     assert code == 0
     assert err.startswith("alexnet report: warning: the validation data could not be loaded") and err.count("\n") == 1
     html = out.read_text()
-    assert "could not be loaded" in sections_of(html)["summary"] and len(PNG_URI.findall(html)) == 4
+    assert "could not be loaded" in sections_of(html)["summary"] and len(PNG_URI.findall(html)) == 5  # + filters
 
 
 def _no_metrics(trained, tmp_path):
@@ -166,7 +170,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 def test_report_in_chromium_every_picture_loads_and_no_console_errors(page):
     check = check_page(page, chromium_or_skip())
     assert check.checked, "the page's own check did not run"
-    assert check.images_total == check.img_tags == 4
+    assert check.images_total == check.img_tags == 6
     assert check.images_broken == 0 and check.page_errors == 0
     assert check.console == []
 

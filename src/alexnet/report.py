@@ -2,14 +2,14 @@
 
 The page is a list of sections (``SECTIONS``): each is a function of the run (a
 ``RunRecord``) that returns a ``Section``, or None when it has nothing to say. To add one
-(say, first-layer filters or feature-space neighbours), write
-``def filters_section(run: RunRecord) -> Section | None`` and put it in ``SECTIONS``;
+write ``def something_section(run: RunRecord) -> Section | None`` and put it in ``SECTIONS``;
 ``figure`` turns any of the plots into an embedded picture.
 
 Where the pictures come from: the curves from metrics.csv; the confusion matrix, per-class
 accuracy, samples and mistakes from evaluating the run's checkpoint (best.pt, else last.pt)
 on its validation split, exactly as ``alexnet eval`` does, so that all of them describe the
-one model the checkpoint holds. Where that evaluation cannot be done (the data is not on
+one model the checkpoint holds; the first-layer filters and the feature-space neighbours
+(the paper's Figures 3 and 4) from the same checkpoint. Where that evaluation cannot be done (the data is not on
 this machine, or ``--no-eval``), the pictures training saved in plots/ at the end of its
 last epoch are used, and the page says so.
 
@@ -315,7 +315,40 @@ def mistakes_section(run: RunRecord) -> Section:
     return Section("mistakes", title, body)
 
 
-# The page, top to bottom. Issue 9's first-layer filters and feature-space neighbours go here.
+def filters_section(run: RunRecord) -> Section:
+    from .paper_figures import draw_filters
+
+    with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
+        path = Path(tmp) / "filters.png"
+        found = draw_filters(run.checkpoint, run.checkpoint_path, path)
+        caption = (f"{found} of {run.checkpoint_path.relative_to(run.root)}, each scaled to its own range: the "
+                   "paper's Figure 3. For alexnet_paper_grouped the two blocks are the halves that feed conv2's "
+                   "two groups.")  # fmt: skip
+        body = embedded_png(path.read_bytes(), "first-layer convolution kernels", caption)
+    return Section("filters", "First-layer filters", body)
+
+
+def neighbors_section(run: RunRecord) -> Section:
+    """The paper's Figure 4 for the first validation images; needs the data, like the evaluation."""
+    from .paper_figures import draw_neighbors
+
+    title = "Nearest neighbours in feature space"
+    ev = run.evaluation
+    if ev is None:
+        why = f" ({run.no_evaluation})" if run.no_evaluation else ""
+        return Section("neighbors", title, f'<p class="missing">{esc(f"Neighbours not drawn: they need the data{why}.")}</p>')
+    with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
+        path = Path(tmp) / "neighbors.png"
+        draw_neighbors(run.checkpoint, run.checkpoint_path, path, index=list(range(min(4, ev.result["n"]))), k=5,
+                       data_dir=ev.config.data_dir, subset=ev.config.subset, log=lambda _: None)  # fmt: skip
+        caption = ("The first validation images (left) and the training images whose last hidden layer (4096-d, "
+                   "fc7 after its ReLU) is nearest in Euclidean distance d: the paper's Figure 4. The training "
+                   "features are cached in the run's cache/ folder.")  # fmt: skip
+        body = embedded_png(path.read_bytes(), "validation images and their nearest training images", caption)
+    return Section("neighbors", title, body)
+
+
+# The page, top to bottom.
 SECTIONS: list[Callable[[RunRecord], Section | None]] = [
     summary_section,
     config_section,
@@ -325,6 +358,8 @@ SECTIONS: list[Callable[[RunRecord], Section | None]] = [
     per_class_section,
     samples_section,
     mistakes_section,
+    filters_section,
+    neighbors_section,
 ]
 
 
