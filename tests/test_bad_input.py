@@ -205,11 +205,11 @@ class RunsCode:
 def test_a_checkpoint_that_runs_code_is_refused_everywhere(fmnist, checkpoint, tmp_path, capsys, command):
     marker = tmp_path / "the-code-ran"
     run_dir = tmp_path / "evil-run"
-    shutil.copytree(checkpoint.parent.parent, run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("metrics.csv", "config.json"):
+        shutil.copy(checkpoint.parent.parent / name, run_dir / name)
     evil = run_dir / "checkpoints" / "last.pt"
-    state = read_checkpoint(checkpoint)
-    state["extra"] = RunsCode(marker)
-    torch.save(state, evil)
+    torch.save({"config": read_checkpoint(checkpoint)["config"], "extra": RunsCode(marker)}, evil)
     shutil.copy(evil, run_dir / "checkpoints" / "best.pt")
     image = tmp_path / "x.png"
     Image.new("L", (20, 20)).save(image)
@@ -235,7 +235,7 @@ def test_a_checkpoint_that_runs_code_is_refused_everywhere(fmnist, checkpoint, t
 )
 def test_resume_into_another_model_names_the_keys(checkpoint, tmp_path, capsys, change, message):
     run_dir = tmp_path / "run"
-    shutil.copytree(checkpoint.parent.parent, run_dir)
+    shutil.copytree(checkpoint.parent.parent, run_dir, copy_function=os.link)  # refused before anything is written
     fails_with(["train", "--resume", run_dir, "--no-progress", "--max-steps", "3", *change], capsys, message)
 
 
