@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import AlexNetError
 from .batch_transforms import center_crop_box
 from .locate import find_in_roots, search_roots
-from .sampling import EpochSampler, mix_seed
+from .sampling import EpochLoader, EpochSampler, mix_seed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FILE_NAMES = ("val_labels.txt", "val.txt", "LOC_val_solution.csv")
@@ -410,7 +410,7 @@ class _KeyedBatches:
             yield [(int(i), seed, self.epoch) for i in batch]
 
 
-class ImageFolderLoader:
+class ImageFolderLoader(EpochLoader):
     """DataLoader over decoded images plus the on-device batch transform; the loader protocol
     of ``alexnet.data`` (``len``, ``num_samples``, ``set_epoch``, ``skipped``)."""
 
@@ -444,18 +444,9 @@ class ImageFolderLoader:
         self.epoch = self.start_batch = 0
         self.skipped = 0
 
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    @property
-    def num_samples(self) -> int:
-        return self.sampler.num_samples
-
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Reseed shuffling and augmentation from (seed, epoch); iteration then starts at batch
-        ``start_batch`` of that epoch (a resumed run), with the same batches it would have had."""
-        self.epoch = self._batches.epoch = epoch
-        self.start_batch = self._batches.start_batch = start_batch
+        super().set_epoch(epoch, start_batch)
+        self._batches.epoch, self._batches.start_batch = epoch, start_batch
 
     def __iter__(self):
         skipped = batches = 0

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .sampling import EpochSampler, mix_seed
+from .sampling import EpochLoader, EpochSampler, mix_seed
 
 
 @dataclass
@@ -49,7 +49,7 @@ class SmallDataset:
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class InMemoryLoader:
+class InMemoryLoader(EpochLoader):
     """Batches of (images, labels) built by indexing a device-resident uint8 tensor.
 
     Follows the loader protocol of ``alexnet.data``: ``len``, ``num_samples``,
@@ -83,18 +83,6 @@ class InMemoryLoader:
         )
         self.epoch = self.start_batch = 0
         self.skipped = 0
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    @property
-    def num_samples(self) -> int:
-        return self.sampler.num_samples
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Reseed shuffling and augmentation from (seed, epoch); iteration then starts at batch
-        ``start_batch`` of that epoch (a resumed run), with the same batches it would have had."""
-        self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.sampler.batches(self.epoch)

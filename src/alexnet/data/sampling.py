@@ -74,3 +74,24 @@ class EpochSampler:
         idx = self.indices(epoch)
         cut = len(self) * self.batch_size if self.drop_last else len(idx)
         return list(idx[:cut].split(self.batch_size))
+
+
+class EpochLoader:
+    """What the training loop asks of a loader, on top of its ``sampler`` (an EpochSampler):
+    ``len`` (batches per epoch on this rank), ``num_samples`` and ``set_epoch``."""
+
+    sampler: EpochSampler
+    epoch: int = 0
+    start_batch: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def num_samples(self) -> int:
+        return self.sampler.num_samples
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reseed shuffling and augmentation from (seed, epoch); iteration then starts at batch
+        ``start_batch`` of that epoch (a resumed run), with the same batches it would have had."""
+        self.epoch, self.start_batch = epoch, start_batch
