@@ -271,9 +271,19 @@ def per_class_section(run: RunRecord) -> Section:
     return Section("per-class", "Per-class accuracy", body)
 
 
+def evaluated_or_saved(run: RunRecord, draw: Callable[[Path], Path] | None, caption: str, alt: str,
+                       saved: str, what: str) -> str:  # fmt: skip
+    """A figure drawn from this report's evaluation, else the one saved in plots/ by training, else a note."""
+    if draw is not None:
+        return figure(draw, alt, caption)
+    path = run.saved_plot(saved)
+    if path is not None:
+        return saved_figure(path, alt, f"Source: saved at the end of training (plots/{saved}).")
+    return unavailable(what, run)
+
+
 def samples_section(run: RunRecord) -> Section:
-    title = "Samples and predictions"
-    ev = run.evaluation
+    ev, draw, caption = run.evaluation, None, ""
     if ev is not None and ev.result["samples"]:
         images, labels, probs = zip(*ev.result["samples"])
 
@@ -283,22 +293,17 @@ def samples_section(run: RunRecord) -> Section:
 
         caption = (f"The first validation images and the model's three most likely classes (green: the true "
                    f"class). Source: {run.evaluated_from()}.")  # fmt: skip
-        body = figure(draw, "validation samples with their top-3 predicted classes", caption)
-    elif run.saved_plot("samples.png"):
-        body = saved_figure(run.saved_plot("samples.png"), "validation samples with their top-3 predicted classes",
-                            "Source: saved at the end of training (plots/samples.png).")  # fmt: skip
-    else:
-        body = unavailable("Samples", run)
-    return Section("samples", title, body)
+    body = evaluated_or_saved(run, draw, caption, "validation samples with their top-3 predicted classes",
+                              "samples.png", "Samples")  # fmt: skip
+    return Section("samples", "Samples and predictions", body)
 
 
 def mistakes_section(run: RunRecord) -> Section:
-    title = "Mistakes"
-    ev = run.evaluation
+    ev, draw, caption = run.evaluation, None, ""
     if ev is not None:
         mistakes = ev.result["mistakes"]
         if not mistakes:
-            return Section("mistakes", title, paragraph(f"No mistakes: {run.evaluated_from()}."))
+            return Section("mistakes", "Mistakes", paragraph(f"No mistakes: {run.evaluated_from()}."))
         names = ev.class_names
 
         def draw(path: Path) -> Path:
@@ -306,13 +311,8 @@ def mistakes_section(run: RunRecord) -> Section:
             return plots.plot_images([m[0] for m in mistakes], titles, path, mean=ev.info.mean, std=ev.info.std)
 
         caption = f"Misclassified validation images ({len(mistakes)} shown). Source: {run.evaluated_from()}."
-        body = figure(draw, "misclassified validation images", caption)
-    elif run.saved_plot("misclassified.png"):
-        body = saved_figure(run.saved_plot("misclassified.png"), "misclassified validation images",
-                            "Source: saved at the end of training (plots/misclassified.png).")  # fmt: skip
-    else:
-        body = unavailable("Mistakes", run)
-    return Section("mistakes", title, body)
+    body = evaluated_or_saved(run, draw, caption, "misclassified validation images", "misclassified.png", "Mistakes")
+    return Section("mistakes", "Mistakes", body)
 
 
 def filters_section(run: RunRecord) -> Section:

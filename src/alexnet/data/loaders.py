@@ -109,6 +109,24 @@ def normalization(
     return convert_stats(mean, std, in_channels)
 
 
+def dataset_info(spec: dict, aug: dict, class_names: list[str], train_size: int, val_size: int, source: str):
+    """The DatasetInfo of a loaded dataset; name, channels, size and statistics come from its preprocess spec."""
+    return DatasetInfo(
+        name=spec["dataset"],
+        class_names=class_names,
+        num_classes=len(class_names),
+        in_channels=spec["in_channels"],
+        image_size=spec["image_size"],
+        mean=tuple(spec["mean"]),
+        std=tuple(spec["std"]),
+        train_size=train_size,
+        val_size=val_size,
+        preprocess=spec,
+        augment=aug,
+        source=source,
+    )
+
+
 def _in_memory_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, world_size, tta):
     aug = resolve_augmentation(cfg)
     data = load_small_dataset(cfg)
@@ -158,20 +176,7 @@ def _in_memory_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, 
     val = InMemoryLoader(
         data.val_images, data.val_labels, batch_size=eval_batch_size, train=False, transform=val_tf, **shard
     )
-    info = DatasetInfo(
-        name=cfg.dataset,
-        class_names=list(data.class_names),
-        num_classes=len(data.class_names),
-        in_channels=in_channels,
-        image_size=size,
-        mean=tuple(spec["mean"]),
-        std=tuple(spec["std"]),
-        train_size=len(data.train_images),
-        val_size=len(data.val_images),
-        preprocess=spec,
-        augment=aug,
-        source=data.source,
-    )
+    info = dataset_info(spec, aug, list(data.class_names), len(data.train_images), len(data.val_images), data.source)
     return train, val, info
 
 
@@ -223,18 +228,5 @@ def _imagefolder_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank
     shard = dict(device=device, workers=cfg.workers, seed=seed, rank=rank, world_size=world_size)
     train = ImageFolderLoader(train_ds, split="train", batch_size=batch_size, train=True, transform=train_tf, **shard)
     val = ImageFolderLoader(val_ds, split="val", batch_size=eval_batch_size, train=False, transform=val_tf, **shard)
-    info = DatasetInfo(
-        name="imagefolder",
-        class_names=classes,
-        num_classes=len(classes),
-        in_channels=in_channels,
-        image_size=size,
-        mean=tuple(spec["mean"]),
-        std=tuple(spec["std"]),
-        train_size=len(train_images),
-        val_size=len(val_images),
-        preprocess=spec,
-        augment=aug,
-        source=f"{train_dir} and {val_dir}",
-    )
+    info = dataset_info(spec, aug, classes, len(train_images), len(val_images), f"{train_dir} and {val_dir}")
     return train, val, info
