@@ -1,5 +1,6 @@
 """Engine pieces that need no data: the schedule, checkpoint files, safe loading, evaluation."""
 
+import importlib
 import math
 import os
 import pickle
@@ -168,3 +169,32 @@ def test_evaluate_keeps_the_first_samples_with_their_probabilities():
         assert torch.equal(img, expected_img)
         assert torch.allclose(probs, model(expected_img[None]).softmax(1)[0], atol=1e-6)
     assert evaluate(model, batches, 4)["samples"] == []
+
+
+def test_amp_dtype_follows_the_device(monkeypatch):
+    fit_module = importlib.import_module("alexnet.engine.fit")  # the package exports fit(), the function
+
+    cpu = torch.device("cpu")
+    assert fit_module.amp_dtype(cpu, False) is None
+    monkeypatch.setattr(fit_module, "has_fast_bfloat16", lambda: True)
+    assert fit_module.amp_dtype(cpu, True) == torch.bfloat16
+    autocast, scaler = fit_module.amp_context(cpu, True)
+    with autocast:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert not scaler.is_enabled()
+    monkeypatch.setattr(fit_module, "has_fast_bfloat16", lambda: False)
+    assert fit_module.amp_dtype(cpu, True) is None  # float32: bfloat16 would be the slow path here
+    autocast, _ = fit_module.amp_context(cpu, True)
+    with autocast:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    assert fit_module.precision_name(None) == "float32" and fit_module.precision_name(torch.float16) == "float16"
+
+
+def test_fast_bfloat16_agrees_with_the_cpu_flags():
+    from alexnet.engine.cpu import has_fast_bfloat16
+
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else None
+    if flags is None or os.uname().machine != "x86_64":
+        pytest.skip("checked against /proc/cpuinfo on x86-64 only")
+    # oneDNN's bfloat16 path needs AVX-512 (F, BW, VL, DQ) on x86.
+    assert has_fast_bfloat16() == all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))

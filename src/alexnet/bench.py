@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import DataConfig, build_loaders, load_fashion_mnist
 from .engine.cpu import keep_freed_memory
-from .engine.fit import select_device
+from .engine.fit import amp_context, amp_dtype, precision_name, select_device
 from .engine.optim import LRSchedule, create_optimizer
 from .engine.train import StepOptions, train_one_epoch
 from .errors import AlexNetError
@@ -239,8 +239,6 @@ def build(args: argparse.Namespace, device: torch.device, which: tuple[str, ...]
     """The pipelines asked for, from the same initial weights: {name: (model, optimizer, loader)}, opts, autocast."""
     from torchvision import transforms
 
-    from .engine.fit import amp_context
-
     torch.manual_seed(0)
     base = create_model(args.model, num_classes=10, in_channels=1, init="torch")
     sgd = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -349,6 +347,7 @@ def run(args: argparse.Namespace) -> dict:
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "amp": args.amp,
+        "precision": precision_name(amp_dtype(device, args.amp)),
         "machine": machine_info(device),
         "train_images_per_s": {"usual": med["usual_train"], "ours": med["ours_train"],
                                "ratio": med["ours_train"] / med["usual_train"]},  # fmt: skip
@@ -365,7 +364,7 @@ def run(args: argparse.Namespace) -> dict:
 def print_table(r: dict) -> None:
     m = r["machine"]
     print(f"\n{r['model']}, 1x{r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
-          f"{'bfloat16 autocast' if r['amp'] else 'float32'}; {m['cpu']}, {m['cores']} cores "
+          f"{r['precision']}{' (--amp)' if r['amp'] else ''}; {m['cpu']}, {m['cores']} cores "
           f"({', '.join(m['cpu_flags']) or 'no AVX-512'}), torch {m['torch']}, {m['threads']} threads, {m['device']}")  # fmt: skip
     print(f"{'':28}{'usual':>12}{'ours':>12}{'ratio':>9}")
     t = r["train_images_per_s"]

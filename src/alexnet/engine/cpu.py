@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+import torch
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
@@ -30,3 +32,17 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def has_fast_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls and convolutions in oneDNN's native kernels.
+
+    oneDNN takes bfloat16 on x86 with AVX-512 (native with AVX512_BF16 or AMX) and on Arm
+    with its BF16 extension; elsewhere PyTorch falls back to scalar kernels. Measured on an
+    AVX2-only EPYC: a bfloat16-autocast training step of alexnet_paper at 63 px ran at 2.2
+    images/s against 65 in float32, 30x slower (README "Performance").
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False

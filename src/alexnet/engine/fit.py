@@ -23,7 +23,7 @@ from ..data import DataConfig, DatasetInfo, build_loaders
 from ..errors import AlexNetError
 from ..models import create_model, model_info
 from . import distributed as dist
-from .cpu import keep_freed_memory
+from .cpu import has_fast_bfloat16, keep_freed_memory
 from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
 from .optim import LRSchedule, create_optimizer
@@ -73,14 +73,32 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def amp_context(device: torch.device, enabled: bool):
-    """The one mixed-precision path: bfloat16 on CPU (and on CUDA where supported), else float16."""
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """What --amp computes in here; None for float32 (off, or a CPU without fast bfloat16).
+
+    bfloat16 on CUDA where supported, else float16 (with a GradScaler); bfloat16 on other
+    devices, but on a CPU only where oneDNN has native bfloat16 kernels: elsewhere bfloat16
+    is many times slower than float32 (engine/cpu.py), so --amp trains in float32 there.
+    """
+    if not enabled:
+        return None
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.bfloat16
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=enabled)
-    scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and not has_fast_bfloat16():
+        return None
+    return torch.bfloat16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def amp_context(device: torch.device, enabled: bool):
+    """The one mixed-precision path: an autocast context (a no-op when off) and a GradScaler
+    enabled only for float16."""
+    dtype = amp_dtype(device, enabled)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return autocast, scaler
 
 
@@ -284,6 +302,10 @@ def fit(cfg: TrainConfig) -> dict:
         min_lr=cfg.min_lr,
     )
     autocast, scaler = amp_context(device, cfg.amp)
+    precision = precision_name(amp_dtype(device, cfg.amp))
+    if cfg.amp and precision == "float32":
+        log("--amp: this CPU has no native bfloat16 kernels (oneDNN needs AVX-512 or Arm BF16), where bfloat16 "
+            "is many times slower than float32; training in float32")  # fmt: skip
 
     start_epoch, step, best_top1, nonfinite_skipped = 0, 0, -1.0, 0
     if resume_ckpt is not None:
@@ -307,6 +329,7 @@ def fit(cfg: TrainConfig) -> dict:
 
     run = RunDirectory(Path(cfg.resume or cfg.out or default_run_dir(cfg)), enabled=dist.is_main_process())
     extra = {"resolved": {"device": str(device), "world_size": world_size, "global_batch": global_batch, "lr": lr,
+                          "precision": precision,
                           "num_classes": num_classes, "in_channels": in_channels, "class_names": info.class_names,
                           "mean": list(info.mean), "std": list(info.std)}}  # fmt: skip
     run.write_config(cfg, extra)
