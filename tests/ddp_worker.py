@@ -36,7 +36,7 @@ def main(out: Path, batch: int) -> None:
     device = torch.device("cpu")
     rank, world, _ = dist.init_distributed(device)
     torch.set_num_threads(1)
-    data = DataConfig(dataset="synthetic", synthetic_train=96, synthetic_val=37, synthetic_classes=5, synthetic_size=32,
+    data = DataConfig(dataset="synthetic", synthetic_train=48, synthetic_val=37, synthetic_classes=5, synthetic_size=32,
                       image_size=63, crop=False, flip=False)  # fmt: skip
     train, val, info = build_loaders(data, device=device, batch_size=batch, seed=3, rank=rank, world_size=world)
     per_rank_val = val.num_samples

@@ -310,3 +310,13 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
     code, _, err = run_cli(args, capsys)
     assert code != 0
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_ablation_variants_train_for_the_same_epochs_even_from_a_budgeted_preset(tmp_path):
+    from alexnet.ablation import VARIANTS, variant_config
+    from alexnet.config import resolve_config
+
+    base = resolve_config("quick", {"epochs": 2})
+    assert base.time_budget == 15.0  # the quick preset plans its epochs on this machine's speed ...
+    configs = [variant_config(base, v, 0, tmp_path / v) for v in VARIANTS]
+    assert {(c.epochs, c.time_budget) for c in configs} == {(2, 0.0)}  # ... an ablation must not

@@ -38,7 +38,7 @@ def test_parameters_identical_across_ranks(two_ranks_and_one):
 
 def test_two_processes_equal_one_with_twice_the_batch(two_ranks_and_one):
     (r0, _), single = two_ranks_and_one
-    assert r0["step"] == single["step"] == 2 * (96 // 16)
+    assert r0["step"] == single["step"] == 2 * (48 // 16)
     for key in r0["model"]:
         torch.testing.assert_close(r0["model"][key], single["model"][key], rtol=1e-9, atol=1e-12, msg=key)
 
@@ -53,8 +53,9 @@ def test_evaluation_counts_every_sample_once(two_ranks_and_one):
 
 def test_cli_under_torchrun_writes_one_run_directory(tmp_path):
     out = tmp_path / "run"
-    done = torchrun(2, "-m", "alexnet", "train", "--dataset", "synthetic", "--model", "alexnet_owt", "--image-size", "63",
-                    "--batch-size", "8", "--epochs", "1", "--no-progress", "--out", out, "--lr", "0.01", "--init", "torch")  # fmt: skip
+    done = torchrun(2, "-m", "alexnet", "train", "--dataset", "synthetic", "--subset", "64", "--model", "alexnet_owt",
+                    "--image-size", "63", "--batch-size", "8", "--epochs", "1", "--no-progress", "--out", out,
+                    "--lr", "0.01", "--init", "torch")  # fmt: skip
     assert done.stdout.count("test accuracy:") == 1  # only rank 0 speaks
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len(list(tmp_path.iterdir())) == 1

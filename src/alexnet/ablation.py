@@ -96,9 +96,12 @@ def parse_variants(names: Sequence[str]) -> list[str]:
 
 
 def variant_config(base: TrainConfig, variant: str, seed: int, run_dir: Path) -> TrainConfig:
-    """The base configuration with the paper's values, the variant's change, the seed and the run directory."""
+    """The base configuration with the paper's values, the variant's change, the seed and the run directory.
+
+    No time budget: it would plan each variant's epochs on its own speed, and the variants must
+    train for the same epochs to be compared."""
     values = {**base.to_dict(), **PAPER_VALUES, **VARIANTS[variant].overrides, "seed": seed, "out": str(run_dir),
-              "resume": None}  # fmt: skip
+              "resume": None, "time_budget": 0.0}  # fmt: skip
     cfg = TrainConfig.from_dict(values)
     validate_config(cfg)
     return cfg

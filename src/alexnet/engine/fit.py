@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from ..errors import AlexNetError
 from ..models import create_model, model_info
 from . import distributed as dist
 from .cpu import has_fast_bfloat16, keep_freed_memory
+from .budget import plan_epochs
 from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
 from .optim import LRSchedule, create_optimizer
@@ -235,6 +237,7 @@ def log(msg: str) -> None:
 
 def fit(cfg: TrainConfig) -> dict:
     """Train and evaluate as ``cfg`` says; returns the final evaluation and the run directory."""
+    started = time.perf_counter()
     device = select_device(cfg.device)
     rank, world_size, local_rank = dist.init_distributed(device)
     if device.type == "cuda" and world_size > 1:
@@ -286,6 +289,29 @@ def fit(cfg: TrainConfig) -> dict:
     optimizer = create_optimizer(
         model.parameters(), cfg.optimizer, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
     )
+    autocast, scaler = amp_context(device, cfg.amp)
+    precision = precision_name(amp_dtype(device, cfg.amp))
+    if cfg.amp and precision == "float32":
+        log("--amp: this CPU has no native bfloat16 kernels (oneDNN needs AVX-512 or Arm BF16), where bfloat16 "
+            "is many times slower than float32; training in float32")  # fmt: skip
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    opts = StepOptions(
+        autocast=autocast,
+        scaler=scaler,
+        clip_grad=cfg.clip_grad,
+        channels_last=cfg.channels_last,
+        max_steps=cfg.max_steps,
+        sync_every=1 if device.type == "cpu" else 20,
+        save_every=cfg.save_every,
+    )
+    budget = None
+    if cfg.time_budget > 0 and resume_ckpt is None:
+        # A resumed run keeps the epochs its budget planned (they are in its configuration).
+        budget = dist.broadcast_object(
+            plan_epochs(model, cfg, train_loader, val_loader, loss_fn, opts, elapsed_s=time.perf_counter() - started)
+        )
+        log(budget.pop("message"))
+        cfg = dataclasses.replace(cfg, epochs=budget["epochs"])
     steps_per_epoch = len(train_loader)
     # Planned on epochs: --max-steps stops a run early but does not reshape its schedule,
     # so a run stopped and resumed follows the same learning rates as one that was not.
@@ -301,11 +327,6 @@ def fit(cfg: TrainConfig) -> dict:
         patience=cfg.patience,
         min_lr=cfg.min_lr,
     )
-    autocast, scaler = amp_context(device, cfg.amp)
-    precision = precision_name(amp_dtype(device, cfg.amp))
-    if cfg.amp and precision == "float32":
-        log("--amp: this CPU has no native bfloat16 kernels (oneDNN needs AVX-512 or Arm BF16), where bfloat16 "
-            "is many times slower than float32; training in float32")  # fmt: skip
 
     start_epoch, step, best_top1, nonfinite_skipped = 0, 0, -1.0, 0
     if resume_ckpt is not None:
@@ -329,20 +350,10 @@ def fit(cfg: TrainConfig) -> dict:
 
     run = RunDirectory(Path(cfg.resume or cfg.out or default_run_dir(cfg)), enabled=dist.is_main_process())
     extra = {"resolved": {"device": str(device), "world_size": world_size, "global_batch": global_batch, "lr": lr,
-                          "precision": precision,
+                          "precision": precision, "time_budget": budget,
                           "num_classes": num_classes, "in_channels": in_channels, "class_names": info.class_names,
                           "mean": list(info.mean), "std": list(info.std)}}  # fmt: skip
     run.write_config(cfg, extra)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    opts = StepOptions(
-        autocast=autocast,
-        scaler=scaler,
-        clip_grad=cfg.clip_grad,
-        channels_last=cfg.channels_last,
-        max_steps=cfg.max_steps,
-        sync_every=1 if device.type == "cpu" else 20,
-        save_every=cfg.save_every,
-    )
     log(
         f"{cfg.model} on {info.name} ({info.train_size} train / {info.val_size} val images, {num_classes} classes, "
         f"{in_channels}x{cfg.image_size}x{cfg.image_size}), device {device}, world size {world_size}, "

@@ -1,0 +1,98 @@
+"""--time-budget: the run is planned for the whole epochs that fit, measured without changing
+what the run computes."""
+
+import csv
+import importlib
+import json
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.config import resolve_config
+from alexnet.engine.budget import Speed, epochs_within, measure_speed
+from alexnet.engine.checkpoint import read_checkpoint, rng_state
+from alexnet.engine.train import StepOptions
+
+budget_module = importlib.import_module("alexnet.engine.budget")
+
+TINY = ["--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16", "--lr", "0.01", "--init", "torch",
+        "--no-progress", "--scheduler", "onecycle", "--workers", "0", "--deterministic", "--seed", "2"]  # fmt: skip
+
+
+def test_epochs_within_counts_whole_epochs_and_keeps_a_margin():
+    speed = Speed(step_s=1.0, eval_batch_s=0.5)  # 10 steps + 4 batches = 12 s an epoch
+    assert epochs_within(60.0, 0.0, speed, 10, 4, max_epochs=100) == 4  # 60 s less 7% is 55.8 s: 4 whole epochs
+    assert epochs_within(60.0, 10.0, speed, 10, 4, max_epochs=100) == 3  # what setup took is spent
+    assert epochs_within(60.0, 0.0, speed, 10, 4, max_epochs=2) == 2  # never more than --epochs
+    assert epochs_within(5.0, 0.0, speed, 10, 4, max_epochs=9) == 1  # one epoch at least, even over budget
+
+
+def test_measuring_changes_neither_the_model_nor_the_random_state(fmnist_dir):
+    from alexnet.data import build_loaders
+    from alexnet.engine.fit import data_config
+    from alexnet.models import create_model
+
+    cfg = resolve_config(None, {"dataset": "fashion-mnist", "data_dir": str(fmnist_dir), "image_size": 63,
+                                "batch_size": 16, "optimizer": "adamw", "lr": 1e-3})  # fmt: skip
+    train, val, info = build_loaders(data_config(cfg), device=torch.device("cpu"), batch_size=16, seed=0)
+    model = create_model("alexnet_owt", num_classes=10, in_channels=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(11)
+    rng = rng_state()
+    speed = measure_speed(model, cfg, train, val, torch.nn.CrossEntropyLoss(), StepOptions())
+    assert speed.step_s > 0 and speed.eval_batch_s > 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert torch.equal(torch.get_rng_state(), rng["torch"])
+    assert [x for x, _ in train][0].shape == (16, 1, 63, 63)  # the loader still starts at its first batch
+
+
+def test_a_budget_that_fits_every_epoch_changes_nothing(fmnist_dir, tmp_path):
+    common = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--subset", "64", "--epochs", "2", *TINY]
+    plain, budgeted = tmp_path / "plain", tmp_path / "budgeted"
+    assert main(common + ["--out", str(plain)]) == 0
+    assert main(common + ["--out", str(budgeted), "--time-budget", "600"]) == 0
+    a = read_checkpoint(plain / "checkpoints" / "last.pt")["model"]
+    b = read_checkpoint(budgeted / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    config = json.loads((budgeted / "config.json").read_text())
+    assert config["epochs"] == 2 and config["resolved"]["time_budget"]["epochs"] == 2
+
+
+def test_a_tight_budget_plans_fewer_epochs_and_resume_keeps_them(fmnist_dir, tmp_path, capsys, monkeypatch):
+    # A machine where a step takes 10 s and a validation batch 5 s: 10 steps and 3 batches an epoch.
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: Speed(step_s=10.0, eval_batch_s=5.0))
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "5", "--out", str(out),
+            "--time-budget", "6", *TINY]  # fmt: skip
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    # 6 minutes less 7% is 334.8 s; an epoch is 115 s: 2 fit.
+    assert "time budget 6 min: a training step takes 10.00 s and a validation pass 15 s here, so 2 of 5 epochs fit" in stdout
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # One-cycle planned on 2 epochs ends at 1% of its peak of 0.01; planned on 5 it would be near the peak now.
+    assert float(rows[-1]["lr"]) < 2e-4
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: pytest.fail("a resumed run measured again"))
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "nothing to train: the run is at epoch 2" in capsys.readouterr().out
+
+
+def test_one_epoch_over_budget_is_still_trained_and_said(fmnist_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: Speed(step_s=100.0, eval_batch_s=1.0))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "3", "--subset", "32",
+                 "--out", str(out), "--time-budget", "1", *TINY]) == 0  # fmt: skip
+    assert "so 1 of 3 epochs fit" in capsys.readouterr().out
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
+
+
+def test_negative_budget_is_refused():
+    from alexnet.errors import AlexNetError
+
+    with pytest.raises(AlexNetError, match="--time-budget must not be negative"):
+        resolve_config("quick", {"time_budget": -1.0})
+    assert resolve_config("quick", {}).time_budget == 15.0 and resolve_config("quick", {"time_budget": 0.0}).time_budget == 0
