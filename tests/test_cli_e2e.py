@@ -118,16 +118,17 @@ def test_export_gives_the_same_logits(trained, tmp_path, capsys, fmt, suffix):
 
 
 def test_resume_equals_uninterrupted(fmnist_dir, tmp_path):
-    common = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--deterministic",
+    # 64 images in batches of 16: 4 steps an epoch.
+    common = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--subset", "64", "--deterministic",
               "--seed", "5", "--dropout", "0.5", *FAST]  # fmt: skip
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(common + ["--epochs", "2", "--out", str(whole)]) == 0
     # The same run, stopped after its first epoch (its schedule is still planned for 2 epochs).
-    assert main(common + ["--epochs", "2", "--max-steps", "10", "--out", str(parts)]) == 0
-    assert main(["train", "--resume", str(parts), "--max-steps", "20", "--no-progress"]) == 0
+    assert main(common + ["--epochs", "2", "--max-steps", "4", "--out", str(parts)]) == 0
+    assert main(["train", "--resume", str(parts), "--max-steps", "8", "--no-progress"]) == 0
     a = read_checkpoint(whole / "checkpoints" / "last.pt")
     b = read_checkpoint(parts / "checkpoints" / "last.pt")
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 20)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
     rows_a = list(csv.DictReader((whole / "metrics.csv").open()))

@@ -73,10 +73,10 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(fmnist_dir, tmp_
 def test_resume_with_a_new_learning_rate_uses_it(fmnist_dir, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(out), "--epochs", "2",
-            "--max-steps", "10", "--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16",
+            "--subset", "32", "--max-steps", "2", "--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16",
             "--optimizer", "sgd", "--lr", "0.01", "--scheduler", "none", "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    assert main(["train", "--resume", str(out), "--lr", "0.003", "--max-steps", "12", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--lr", "0.003", "--max-steps", "3", "--no-progress"]) == 0
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003)
     assert ckpt["config"]["lr"] == pytest.approx(0.003)
