@@ -4,6 +4,7 @@ what the run computes."""
 import csv
 import importlib
 import json
+import time
 
 import pytest
 import torch
@@ -46,6 +47,51 @@ def test_measuring_changes_neither_the_model_nor_the_random_state(fmnist_dir):
         assert torch.equal(value, before[key]), key
     assert torch.equal(torch.get_rng_state(), rng["torch"])
     assert [x for x, _ in train][0].shape == (16, 1, 63, 63)  # the loader still starts at its first batch
+
+
+class SlowStart:
+    """A loader whose iterator takes a second to start (worker start-up, a first prefetch) and
+    whose first three steps are a second slower each (oneDNN's first primitives)."""
+
+    def __init__(self, loader, delay=1.0, slow_batches=4):
+        self.loader, self.delay, self.slow_batches, self.starts = loader, delay, slow_batches, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.loader.set_epoch(epoch, start_batch)
+
+    def __iter__(self):
+        self.starts += 1
+        for i, batch in enumerate(self.loader):
+            if i < self.slow_batches:  # before batch i: the start-up, then steps 0..i-1 run long
+                time.sleep(self.delay)
+            yield batch
+
+
+def test_the_step_estimate_is_a_steps_time_without_start_up_or_warm_up(fmnist_dir):
+    from alexnet.data import build_loaders
+    from alexnet.engine.fit import data_config
+    from alexnet.models import create_model
+
+    cfg = resolve_config(None, {"dataset": "fashion-mnist", "data_dir": str(fmnist_dir), "image_size": 63, "subset": 160,
+                                "batch_size": 16, "optimizer": "sgd", "momentum": 0.0, "lr": 1e-3})  # fmt: skip
+    train, val, info = build_loaders(data_config(cfg), device=torch.device("cpu"), batch_size=16, seed=0)
+    assert len(train) >= budget_module.WARMUP_STEPS + budget_module.TIMED_STEPS + 1
+    model = create_model("alexnet_owt", num_classes=10, in_channels=1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    plain = measure_speed(model, cfg, train, val, loss_fn, StepOptions()).step_s
+    # A second of start-up and three slow first steps: all of it outside the counted steps, in
+    # one pass. (Timing two steps in a new iterator, as before, counted 4 s over 2 steps.)
+    slow_start = SlowStart(train, delay=1.0, slow_batches=budget_module.WARMUP_STEPS + 1)
+    estimate = measure_speed(model, cfg, slow_start, val, loss_fn, StepOptions()).step_s
+    assert 0 < estimate < plain + 0.5, (estimate, plain)
+    assert slow_start.starts == 1
+    # Every step 0.3 s slower: the estimate must see that.
+    slow_steps = SlowStart(train, delay=0.3, slow_batches=len(train))
+    estimate = measure_speed(model, cfg, slow_steps, val, loss_fn, StepOptions()).step_s
+    assert estimate >= 0.3 and estimate > plain + 0.15, (estimate, plain)
 
 
 def test_a_budget_that_fits_every_epoch_changes_nothing(fmnist_dir, tmp_path):

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ from .train import StepOptions, train_one_epoch
 # Reserved for what the measurement does not see: checkpoint writes, the end-of-run plots,
 # and steps slower than the first few.
 MARGIN = 0.07
+WARMUP_STEPS = 3
+TIMED_STEPS = 5
+EVAL_BATCHES = 4  # the first one is a warm-up
 
 
 @dataclass
@@ -40,35 +44,56 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _StepClock:
+    """The loader, noting the time each batch is handed out: the gap between two is one whole
+    step of the training loop (forward, backward, update, the next batch), timed inside one
+    iteration so that starting the iterator is not counted as a step."""
+
+    def __init__(self, loader, device: torch.device):
+        self.loader, self.device, self.ticks = loader, device, []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            _synchronize(self.device)
+            self.ticks.append(time.perf_counter())
+            yield batch
+
+
 def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.Module, opts: StepOptions) -> Speed:
     """Time real steps and evaluation batches of a copy of ``model``; the model, the loaders'
-    epoch and the random state are as before afterwards."""
+    epoch and the random state are as before afterwards.
+
+    The first WARMUP_STEPS steps are not counted (oneDNN builds its primitives, the allocator
+    grows: on an AVX-512 CPU the second and third bfloat16 steps still took 1.2-1.5x a later
+    one); the estimate is the median of the next TIMED_STEPS, all in one pass of the loader.
+    """
     saved = rng_state()
     device = next(model.parameters()).device
     trial = copy.deepcopy(model)
     optimizer = create_optimizer(trial.parameters(), cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                                  nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
     schedule = LRSchedule(optimizer, "none", total_steps=len(train_loader), steps_per_epoch=len(train_loader))
-    quiet = dataclasses.replace(opts, save_every=None, skip_nonfinite=10**9)
-    timed = min(2, len(train_loader) - 1)  # after one warm-up step (oneDNN's primitive caches, the allocator)
+    steps = min(WARMUP_STEPS + TIMED_STEPS, len(train_loader))
+    quiet = dataclasses.replace(opts, save_every=None, skip_nonfinite=10**9, max_steps=steps)
+    clock = _StepClock(train_loader, device)
     train_loader.set_epoch(0)
     t0 = time.perf_counter()
-    train_one_epoch(trial, train_loader, optimizer, schedule, loss_fn, step=0, opts=dataclasses.replace(quiet, max_steps=1))
+    train_one_epoch(trial, clock, optimizer, schedule, loss_fn, step=0, opts=quiet)
     _synchronize(device)
-    step_s = time.perf_counter() - t0
-    if timed > 0:
-        train_loader.set_epoch(0, start_batch=1)
-        t0 = time.perf_counter()
-        train_one_epoch(trial, train_loader, optimizer, schedule, loss_fn, step=1, start_batch=1,
-                        opts=dataclasses.replace(quiet, max_steps=1 + timed))  # fmt: skip
-        _synchronize(device)
-        step_s = (time.perf_counter() - t0) / timed
+    # A step ends when the next batch is asked for; the last one ends with the call.
+    ends = clock.ticks[1:] if len(clock.ticks) > steps else [*clock.ticks[1:], time.perf_counter()]
+    step_times = [b - a for a, b in zip(clock.ticks, ends)]
+    counted = step_times[WARMUP_STEPS:] or step_times[-1:]
+    step_s = statistics.median(counted) if counted else time.perf_counter() - t0
     times = []
     trial.eval()
     autocast = opts.autocast if opts.autocast is not None else torch.autocast(device.type, enabled=False)
     with torch.no_grad():
         val_iter = iter(val_loader)
-        for images, _ in itertools.islice(val_iter, 3):
+        for images, _ in itertools.islice(val_iter, EVAL_BATCHES):
             t0 = time.perf_counter()
             batch = images.flatten(0, 1) if images.ndim == 5 else images
             if opts.channels_last:
@@ -78,7 +103,7 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
             _synchronize(device)
             times.append(time.perf_counter() - t0)
         del val_iter
-    eval_batch_s = min(times[1:] or times) if times else 0.0
+    eval_batch_s = statistics.median(times[1:] or times) if times else 0.0
     del trial, optimizer
     train_loader.set_epoch(0)
     set_rng_state(saved)
@@ -100,10 +125,12 @@ def epochs_within(budget_s: float, elapsed_s: float, speed: Speed, steps_per_epo
 
 
 def plan_epochs(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.Module, opts: StepOptions,
-                elapsed_s: float) -> dict:  # fmt: skip
-    """Measure, then plan ``cfg.time_budget`` minutes: the epochs, what was measured, and a line saying so."""
+                started: float) -> dict:  # fmt: skip
+    """Measure, then plan ``cfg.time_budget`` minutes from ``started`` (a ``time.perf_counter()``;
+    set-up and the measurement itself are spent): the epochs, what was measured, and a line saying so."""
     speed = measure_speed(model, cfg, train_loader, val_loader, loss_fn, opts)
     steps, batches = len(train_loader), len(val_loader)
+    elapsed_s = time.perf_counter() - started
     epochs = epochs_within(cfg.time_budget * 60, elapsed_s, speed, steps, batches, cfg.epochs)
     per_epoch = epoch_seconds(speed, steps, batches)
     message = (

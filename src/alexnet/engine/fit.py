@@ -308,7 +308,7 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.time_budget > 0 and resume_ckpt is None:
         # A resumed run keeps the epochs its budget planned (they are in its configuration).
         budget = dist.broadcast_object(
-            plan_epochs(model, cfg, train_loader, val_loader, loss_fn, opts, elapsed_s=time.perf_counter() - started)
+            plan_epochs(model, cfg, train_loader, val_loader, loss_fn, opts, started=started)
         )
         log(budget.pop("message"))
         cfg = dataclasses.replace(cfg, epochs=budget["epochs"])
