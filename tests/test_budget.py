@@ -11,7 +11,7 @@ import torch
 
 from alexnet.cli import main
 from alexnet.config import resolve_config
-from alexnet.engine.budget import Speed, epochs_within, measure_speed
+from alexnet.engine.budget import Speed, measure_speed, plan_within
 from alexnet.engine.checkpoint import read_checkpoint, rng_state
 from alexnet.engine.train import StepOptions
 
@@ -21,12 +21,20 @@ TINY = ["--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16", "-
         "--no-progress", "--scheduler", "onecycle", "--workers", "0", "--deterministic", "--seed", "2"]  # fmt: skip
 
 
-def test_epochs_within_counts_whole_epochs_and_keeps_a_margin():
+def test_plan_within_fills_the_budget_with_whole_epochs_then_part_of_one():
     speed = Speed(step_s=1.0, eval_batch_s=0.5)  # 10 steps + 4 batches = 12 s an epoch
-    assert epochs_within(60.0, 0.0, speed, 10, 4, max_epochs=100) == 4  # 60 s less 7% is 55.8 s: 4 whole epochs
-    assert epochs_within(60.0, 10.0, speed, 10, 4, max_epochs=100) == 3  # what setup took is spent
-    assert epochs_within(60.0, 0.0, speed, 10, 4, max_epochs=2) == 2  # never more than --epochs
-    assert epochs_within(5.0, 0.0, speed, 10, 4, max_epochs=9) == 1  # one epoch at least, even over budget
+    # 60 s less 10% is 54 s: 4 whole epochs (48 s), then 6 s: the last one's evaluation (2 s)
+    # and 4 of its steps.
+    assert plan_within(60.0, 0.0, speed, 10, 4, max_epochs=100) == (5, 44)
+    assert plan_within(60.0, 10.0, speed, 10, 4, max_epochs=100) == (4, 36)  # what setup took is spent
+    assert plan_within(60.0, 0.0, speed, 10, 4, max_epochs=2) == (2, 20)  # never more than --epochs
+    assert plan_within(54.0, 0.0, speed, 10, 4, max_epochs=9) == (4, 40)  # 0.6 s left: no evaluation fits
+    # Less than an epoch: one shorter epoch, its evaluation paid for (4.5 s - 2 s: 2 steps); one step at least.
+    assert plan_within(5.0, 0.0, speed, 10, 4, max_epochs=9) == (1, 2)
+    assert plan_within(1.0, 0.0, speed, 10, 4, max_epochs=9) == (1, 1)
+    # A last epoch shorter than a tenth of one is not worth its row: 100-step epochs, no evaluation.
+    assert plan_within(205.5 / 0.9, 0.0, speed, 100, 0, max_epochs=9) == (2, 200)
+    assert plan_within(215.5 / 0.9, 0.0, speed, 100, 0, max_epochs=9) == (3, 215)
 
 
 def test_measuring_changes_neither_the_model_nor_the_random_state(fmnist_dir):
@@ -105,9 +113,10 @@ def test_a_budget_that_fits_every_epoch_changes_nothing(fmnist_dir, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     config = json.loads((budgeted / "config.json").read_text())
     assert config["epochs"] == 2 and config["resolved"]["time_budget"]["epochs"] == 2
+    assert config["train_steps"] is None  # no epoch was cut
 
 
-def test_a_tight_budget_plans_fewer_epochs_and_resume_keeps_them(fmnist_dir, tmp_path, capsys, monkeypatch):
+def test_a_tight_budget_plans_fewer_steps_and_resume_keeps_them(fmnist_dir, tmp_path, capsys, monkeypatch):
     # A machine where a step takes 10 s and a validation batch 5 s: 10 steps and 3 batches an epoch.
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: Speed(step_s=10.0, eval_batch_s=5.0))
     out = tmp_path / "run"
@@ -115,25 +124,38 @@ def test_a_tight_budget_plans_fewer_epochs_and_resume_keeps_them(fmnist_dir, tmp
             "--time-budget", "6", *TINY]  # fmt: skip
     assert main(args) == 0
     stdout = capsys.readouterr().out
-    # 6 minutes less 7% is 334.8 s; an epoch is 115 s: 2 fit.
-    assert "time budget 6 min: a training step takes 10.00 s and a validation pass 15 s here, so 2 of 5 epochs fit" in stdout
+    # 6 minutes less 10% is 324 s, less the few seconds of set-up; an epoch is 115 s: 2 fit,
+    # and ~90 s are left: a third epoch's evaluation (15 s) and 7 of its steps.
+    assert ("time budget 6 min: a training step takes 10.00 s and a validation pass 15 s here, so 2.70 of 5 epochs "
+            "fit (2 whole and 7 of the next 10 steps)") in stdout  # fmt: skip
+    assert "(stopped at step 27, the time budget's last step)" in stdout
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
-    # One-cycle planned on 2 epochs ends at 1% of its peak of 0.01; planned on 5 it would be near the peak now.
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    # One-cycle planned on 27 steps ends at 1% of its peak of 0.01; planned on 5 epochs it would be near the peak now.
     assert float(rows[-1]["lr"]) < 2e-4
-    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 3 and config["train_steps"] == 27
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 27
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: pytest.fail("a resumed run measured again"))
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
-    assert "nothing to train: the run is at epoch 2" in capsys.readouterr().out
+    assert "nothing to train: the run is at epoch 2, step 27, of --epochs 3 (the time budget's 27 steps)" in \
+        capsys.readouterr().out
+    # Asking for more epochs lifts the cut: epoch 3 goes on from its 8th batch, then epoch 4.
+    assert main(["train", "--resume", str(out), "--no-progress", "--epochs", "4"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 40
 
 
-def test_one_epoch_over_budget_is_still_trained_and_said(fmnist_dir, tmp_path, capsys, monkeypatch):
+def test_less_than_an_epoch_of_budget_trains_part_of_one(fmnist_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: Speed(step_s=100.0, eval_batch_s=1.0))
     out = tmp_path / "run"
     assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "3", "--subset", "32",
                  "--out", str(out), "--time-budget", "1", *TINY]) == 0  # fmt: skip
-    assert "so 1 of 3 epochs fit" in capsys.readouterr().out
+    # 54 s cannot buy a 100 s step: one step of the 2 an epoch, the budget spent as little as can be.
+    assert "so 0.50 of 3 epochs fit (1 of its 2 steps)" in capsys.readouterr().out
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 1
 
 
 def test_negative_budget_is_refused():

@@ -61,8 +61,11 @@ class TrainConfig:
     patience: int = 2  # plateau: epochs without improvement before dividing
     min_lr: float = 0.0
     # Minutes for the whole run; 0: none. A few steps are timed before training and the run
-    # is planned for as many whole epochs as fit, at most ``epochs`` (engine/budget.py).
+    # is planned for the steps that fit, at most ``epochs`` (engine/budget.py).
     time_budget: float = 0.0
+    # Set by the time budget when the last epoch is cut short: the run's length in steps, which
+    # the schedule is planned on; None: epochs x steps per epoch.
+    train_steps: int | None = None
 
     # Augmentation
     crop: bool = True
@@ -184,6 +187,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.eval_batch_size is None or cfg.eval_batch_size > 0, "--eval-batch-size must be positive"),
         (cfg.epochs > 0, f"--epochs must be positive, got {cfg.epochs}"),
         (cfg.max_steps is None or cfg.max_steps > 0, "--max-steps must be positive"),
+        (cfg.train_steps is None or cfg.train_steps > 0, "train_steps must be positive"),
         (cfg.subset is None or cfg.subset > 0, "--subset must be positive"),
         (cfg.image_size > 0, f"--image-size must be positive, got {cfg.image_size}"),
         (cfg.pool_kernel is None or cfg.pool_kernel > 0, f"--pool-kernel must be positive, got {cfg.pool_kernel}"),

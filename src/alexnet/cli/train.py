@@ -50,8 +50,8 @@ ARGUMENTS: list[tuple[str, str, dict]] = [
     ("Schedule", "--gamma", dict(type=float, help="step/plateau: the factor of each cut")),
     ("Schedule", "--patience", dict(type=int, help="plateau: epochs without improvement before a cut")),
     ("Schedule", "--min-lr", dict(type=float)),
-    ("Schedule", "--time-budget", dict(type=float, metavar="MIN", help="minutes for the run: plan as many whole "
-                                       "epochs as fit here, at most --epochs (measured first; 0: no budget)")),
+    ("Schedule", "--time-budget", dict(type=float, metavar="MIN", help="minutes for the run: plan the steps that fit "
+                                       "here, whole epochs and a shorter last one, at most --epochs (measured first; 0: no budget)")),
     ("Augmentation", "--crop", dict(action=_BOOL, help="random crops (padded for small images, random-resized for folders)")),
     ("Augmentation", "--crop-padding", dict(type=int, metavar="PX")),
     ("Augmentation", "--flip", dict(action=_BOOL, help="random horizontal flips")),
@@ -107,6 +107,8 @@ def config_from_args(args) -> TrainConfig:
         if not isinstance(stored, dict):
             raise AlexNetError(f"{path} holds no configuration")
         base = {**stored, **overrides}
+        if "epochs" in overrides:  # more epochs asked for: a time budget's cut of the last one is void
+            base["train_steps"] = None
         return resolve_config(None, base)
     return resolve_config(args.preset, overrides)
 

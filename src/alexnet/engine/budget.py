@@ -2,9 +2,9 @@
 
 ``--time-budget MIN`` (the quick preset's 15 minutes) times a few real training steps and
 evaluation batches on a throw-away copy of the model before training starts, then plans
-the run for as many whole epochs as fit, never more than ``--epochs``. The schedule is
-planned on those epochs, so a one-cycle run still anneals to its end; nothing is cut off
-mid-schedule. The random state is put back afterwards, so the measurement does not change
+the run for the steps that fit, never more than ``--epochs``: whole epochs, and what time
+they leave as a last, shorter epoch. The schedule is planned on those steps, so a one-cycle
+run still anneals to its end; nothing is cut off mid-schedule. The random state is put back afterwards, so the measurement does not change
 what the run computes, only (through the epochs) how long it is.
 """
 
@@ -26,17 +26,22 @@ from .optim import LRSchedule, create_optimizer
 from .train import StepOptions, train_one_epoch
 
 # Reserved for what the measurement does not see: checkpoint writes, the end-of-run plots,
-# and steps slower than the first few.
-MARGIN = 0.07
+# and steps slower than the first few (on the AVX-512 machine the quick preset's epochs ran
+# 0.49-0.51 s a step against an estimate of 0.475 s: 3-8% more).
+MARGIN = 0.10
 WARMUP_STEPS = 3
 TIMED_STEPS = 5
 EVAL_BATCHES = 4  # the first one is a warm-up
+# The time left after the whole epochs trains part of one more when it buys at least this much
+# of an epoch; less is not worth a row of metrics of its own.
+MIN_LAST_EPOCH = 0.1
 
 
 @dataclass
 class Speed:
     step_s: float  # one training step, augmentation included
     eval_batch_s: float  # one evaluation batch (all its crops)
+    step_times: tuple[float, ...] = ()  # every step timed, warm-up included
 
 
 def _synchronize(device: torch.device) -> None:
@@ -107,38 +112,55 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
     del trial, optimizer
     train_loader.set_epoch(0)
     set_rng_state(saved)
-    return Speed(step_s=step_s, eval_batch_s=eval_batch_s)
+    return Speed(step_s=step_s, eval_batch_s=eval_batch_s, step_times=tuple(step_times))
 
 
 def epoch_seconds(speed: Speed, steps_per_epoch: int, eval_batches: int) -> float:
     return steps_per_epoch * speed.step_s + eval_batches * speed.eval_batch_s
 
 
-def epochs_within(budget_s: float, elapsed_s: float, speed: Speed, steps_per_epoch: int, eval_batches: int,
-                  max_epochs: int) -> int:  # fmt: skip
-    """Whole epochs that fit in what is left of ``budget_s``: at least 1, at most ``max_epochs``."""
+def plan_within(budget_s: float, elapsed_s: float, speed: Speed, steps_per_epoch: int, eval_batches: int,
+                max_epochs: int) -> tuple[int, int]:  # fmt: skip
+    """The epochs and training steps that fit in what is left of ``budget_s``.
+
+    Whole epochs first (at most ``max_epochs``); the time they leave goes to a last, shorter
+    epoch when it buys at least MIN_LAST_EPOCH of one (its evaluation is paid for too). Where not
+    even one epoch fits, the run is one shorter epoch (one step at least). Returns (epochs,
+    steps): steps is less than epochs * steps_per_epoch when the last epoch is cut.
+    """
     per_epoch = epoch_seconds(speed, steps_per_epoch, eval_batches)
     left = budget_s * (1 - MARGIN) - elapsed_s
-    if per_epoch <= 0:
-        return max_epochs
-    return max(1, min(max_epochs, math.floor(left / per_epoch)))
+    if per_epoch <= 0 or speed.step_s <= 0:
+        return max_epochs, max_epochs * steps_per_epoch
+    whole = min(max_epochs, math.floor(left / per_epoch))
+    extra = math.floor((left - whole * per_epoch - eval_batches * speed.eval_batch_s) / speed.step_s)
+    extra = min(extra, steps_per_epoch - 1)
+    if whole == 0:
+        return 1, max(1, extra)
+    if whole < max_epochs and extra >= max(1, MIN_LAST_EPOCH * steps_per_epoch):
+        return whole + 1, whole * steps_per_epoch + extra
+    return whole, whole * steps_per_epoch
 
 
 def plan_epochs(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.Module, opts: StepOptions,
                 started: float) -> dict:  # fmt: skip
     """Measure, then plan ``cfg.time_budget`` minutes from ``started`` (a ``time.perf_counter()``;
-    set-up and the measurement itself are spent): the epochs, what was measured, and a line saying so."""
+    set-up and the measurement itself are spent): the epochs and steps, what was measured, and a
+    line saying so."""
     speed = measure_speed(model, cfg, train_loader, val_loader, loss_fn, opts)
-    steps, batches = len(train_loader), len(val_loader)
+    per_epoch_steps, batches = len(train_loader), len(val_loader)
     elapsed_s = time.perf_counter() - started
-    epochs = epochs_within(cfg.time_budget * 60, elapsed_s, speed, steps, batches, cfg.epochs)
-    per_epoch = epoch_seconds(speed, steps, batches)
+    epochs, steps = plan_within(cfg.time_budget * 60, elapsed_s, speed, per_epoch_steps, batches, cfg.epochs)
+    per_epoch = epoch_seconds(speed, per_epoch_steps, batches)
+    fit = f"{epochs} of {cfg.epochs} epochs fit"
+    if steps < epochs * per_epoch_steps:
+        cut = steps - (epochs - 1) * per_epoch_steps
+        part = f"{epochs - 1} whole and {cut} of the next {per_epoch_steps} steps" if epochs > 1 else \
+            f"{cut} of its {per_epoch_steps} steps"
+        fit = f"{steps / per_epoch_steps:.2f} of {cfg.epochs} epochs fit ({part})"
     message = (
         f"time budget {cfg.time_budget:g} min: a training step takes {speed.step_s:.2f} s and a validation pass "
-        f"{speed.eval_batch_s * batches:.0f} s here, so {epochs} of {cfg.epochs} epochs fit (about "
-        f"{per_epoch / 60:.1f} min each)"
+        f"{speed.eval_batch_s * batches:.0f} s here, so {fit}, about {per_epoch / 60:.1f} min an epoch"
     )
-    if per_epoch > cfg.time_budget * 60:
-        message += "; one epoch is more than the budget, training one anyway"
-    return {"epochs": epochs, "max_epochs": cfg.epochs, "step_s": speed.step_s, "eval_batch_s": speed.eval_batch_s,
-            "epoch_s": per_epoch, "message": message}  # fmt: skip
+    return {"epochs": epochs, "train_steps": steps, "max_epochs": cfg.epochs, "step_s": speed.step_s,
+            "eval_batch_s": speed.eval_batch_s, "epoch_s": per_epoch, "setup_s": elapsed_s, "message": message}  # fmt: skip

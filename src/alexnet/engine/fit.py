@@ -311,11 +311,15 @@ def fit(cfg: TrainConfig) -> dict:
             plan_epochs(model, cfg, train_loader, val_loader, loss_fn, opts, started=started)
         )
         log(budget.pop("message"))
-        cfg = dataclasses.replace(cfg, epochs=budget["epochs"])
+        cut = budget["train_steps"] < budget["epochs"] * len(train_loader)
+        cfg = dataclasses.replace(cfg, epochs=budget["epochs"], train_steps=budget["train_steps"] if cut else None)
     steps_per_epoch = len(train_loader)
-    # Planned on epochs: --max-steps stops a run early but does not reshape its schedule,
-    # so a run stopped and resumed follows the same learning rates as one that was not.
-    total_steps = steps_per_epoch * cfg.epochs
+    # Planned on epochs (or the budget's steps): --max-steps stops a run early but does not
+    # reshape its schedule, so a run stopped and resumed follows the same learning rates as one
+    # that was not.
+    total_steps = cfg.train_steps or steps_per_epoch * cfg.epochs
+    limits = [n for n in (cfg.max_steps, cfg.train_steps) if n is not None]
+    opts.max_steps = min(limits) if limits else None
     schedule = LRSchedule(
         optimizer,
         cfg.scheduler,
@@ -397,7 +401,7 @@ def fit(cfg: TrainConfig) -> dict:
             if stop.requested:  # it came during the last step or the evaluation of the previous epoch
                 stopped_by = stop.signal_name
                 break
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+            if opts.max_steps is not None and step >= opts.max_steps:
                 break
             first = epoch == start_epoch and resume_ckpt is not None
             start_batch = int(resume_ckpt.get("batch_in_epoch", 0)) if first else 0
@@ -457,7 +461,8 @@ def fit(cfg: TrainConfig) -> dict:
                 f"acc {100 * train_metrics['train_acc']:.2f}%  val loss {result['loss']:.4f} "
                 f"top-1 {100 * result['top1']:.2f}% top-5 {100 * result['top5']:.2f}%  "
                 f"{train_metrics['images_per_s']:.0f} img/s  {epoch_time:.0f}s  lr {train_metrics['lr']:.3g}"
-                + ("" if train_metrics["complete"] else f"  (stopped at step {step}, --max-steps)")
+                + ("" if train_metrics["complete"] else f"  (stopped at step {step}, "
+                   + ("the time budget's last step)" if step == cfg.train_steps else "--max-steps)"))
                 + ("  (lr cut)" if cut else "")
                 + (f"  [{skipped} unreadable images skipped]" if skipped else "")
             )
@@ -471,6 +476,7 @@ def fit(cfg: TrainConfig) -> dict:
     dist.barrier()
     if not result:
         limit = f" and --max-steps {cfg.max_steps}" if cfg.max_steps is not None else ""
+        limit += f" (the time budget's {cfg.train_steps} steps)" if cfg.train_steps is not None else ""
         log(f"nothing to train: the run is at epoch {start_epoch}, step {step}, of --epochs {cfg.epochs}"
             f"{limit}; give more to go on")  # fmt: skip
     if dist.is_main_process() and result:
