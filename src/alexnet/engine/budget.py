@@ -4,8 +4,9 @@
 evaluation batches on a throw-away copy of the model before training starts, then plans
 the run for the steps that fit, never more than ``--epochs``: whole epochs, and what time
 they leave as a last, shorter epoch. The schedule is planned on those steps, so a one-cycle
-run still anneals to its end; nothing is cut off mid-schedule. The random state is put back afterwards, so the measurement does not change
-what the run computes, only (through the epochs) how long it is.
+run still anneals to its end; nothing is cut off mid-schedule. The random state is put back
+afterwards, so the measurement does not change what the run computes, only (through the
+steps) how long it is.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
     epoch and the random state are as before afterwards.
 
     The first WARMUP_STEPS steps are not counted (oneDNN builds its primitives, the allocator
-    grows: on an AVX-512 CPU the second and third bfloat16 steps still took 1.2-1.5x a later
-    one); the estimate is the median of the next TIMED_STEPS, all in one pass of the loader.
+    grows: on an AVX-512 CPU the second to fourth bfloat16 steps took up to 1.8x a later one,
+    benchmarks/budget_estimate.py); the estimate is the median of the next TIMED_STEPS, all in
+    one pass of the loader.
     """
     saved = rng_state()
     device = next(model.parameters()).device

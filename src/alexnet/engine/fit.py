@@ -311,8 +311,8 @@ def fit(cfg: TrainConfig) -> dict:
             plan_epochs(model, cfg, train_loader, val_loader, loss_fn, opts, started=started)
         )
         log(budget.pop("message"))
-        cut = budget["train_steps"] < budget["epochs"] * len(train_loader)
-        cfg = dataclasses.replace(cfg, epochs=budget["epochs"], train_steps=budget["train_steps"] if cut else None)
+        last_cut = budget["train_steps"] < budget["epochs"] * len(train_loader)
+        cfg = dataclasses.replace(cfg, epochs=budget["epochs"], train_steps=budget["train_steps"] if last_cut else None)
     steps_per_epoch = len(train_loader)
     # Planned on epochs (or the budget's steps): --max-steps stops a run early but does not
     # reshape its schedule, so a run stopped and resumed follows the same learning rates as one
