@@ -107,7 +107,7 @@ def config_from_args(args) -> TrainConfig:
         if not isinstance(stored, dict):
             raise AlexNetError(f"{path} holds no configuration")
         base = {**stored, **overrides}
-        if "epochs" in overrides:  # more epochs asked for: a time budget's cut of the last one is void
+        if "epochs" in overrides:  # epochs asked for: they replace a time budget's cut of the last one
             base["train_steps"] = None
         return resolve_config(None, base)
     return resolve_config(args.preset, overrides)

@@ -131,7 +131,7 @@ def plan_within(budget_s: float, elapsed_s: float, speed: Speed, steps_per_epoch
     steps): steps is less than epochs * steps_per_epoch when the last epoch is cut.
     """
     per_epoch = epoch_seconds(speed, steps_per_epoch, eval_batches)
-    left = budget_s * (1 - MARGIN) - elapsed_s
+    left = max(0.0, budget_s * (1 - MARGIN) - elapsed_s)  # set-up may have spent it all
     if per_epoch <= 0 or speed.step_s <= 0:
         return max_epochs, max_epochs * steps_per_epoch
     whole = min(max_epochs, math.floor(left / per_epoch))
@@ -160,6 +160,8 @@ def plan_epochs(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.Mod
         part = f"{epochs - 1} whole and {cut} of the next {per_epoch_steps} steps" if epochs > 1 else \
             f"{cut} of its {per_epoch_steps} steps"
         fit = f"{steps / per_epoch_steps:.2f} of {cfg.epochs} epochs fit ({part})"
+    if steps * speed.step_s + epochs * batches * speed.eval_batch_s > cfg.time_budget * 60 - elapsed_s:
+        fit += "; even that is more than the budget, training it anyway"
     message = (
         f"time budget {cfg.time_budget:g} min: a training step takes {speed.step_s:.2f} s and a validation pass "
         f"{speed.eval_batch_s * batches:.0f} s here, so {fit}, about {per_epoch / 60:.1f} min an epoch"

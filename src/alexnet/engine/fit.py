@@ -476,7 +476,7 @@ def fit(cfg: TrainConfig) -> dict:
     dist.barrier()
     if not result:
         limit = f" and --max-steps {cfg.max_steps}" if cfg.max_steps is not None else ""
-        limit += f" (the time budget's {cfg.train_steps} steps)" if cfg.train_steps is not None else ""
+        limit += f" and the time budget's {cfg.train_steps} steps" if cfg.train_steps is not None else ""
         log(f"nothing to train: the run is at epoch {start_epoch}, step {step}, of --epochs {cfg.epochs}"
             f"{limit}; give more to go on")  # fmt: skip
     if dist.is_main_process() and result:
