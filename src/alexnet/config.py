@@ -161,8 +161,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # where the paper network trains several times faster than at 227, with bfloat16 autocast
 # (1.76x here), a higher peak rate and no random crops (short runs underfit; they need no
 # extra regularisation), for 6 epochs: 91.15% in 13.6 minutes.
-# The 15 minutes are a time budget: on a slower CPU the run is planned for fewer epochs
-# (measured before training), so it still ends in time with its schedule complete.
+# The 15 minutes are a time budget: on a slower CPU the run is planned for fewer steps
+# (measured before training; a last epoch may be cut), so it still ends in time with its
+# schedule complete.
 PRESETS["quick"] = {**PRESETS["fashion-mnist"], "image_size": 63, "lr": 1e-3, "crop": False, "amp": True, "epochs": 6,
                     "time_budget": 15.0}  # fmt: skip
 
