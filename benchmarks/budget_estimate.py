@@ -16,14 +16,13 @@ import argparse
 import dataclasses
 import platform
 import statistics
-import time
 
 import torch
 import torch.nn as nn
 
 from alexnet.config import resolve_config
 from alexnet.data import build_loaders
-from alexnet.engine.budget import WARMUP_STEPS, measure_speed
+from alexnet.engine.budget import WARMUP_STEPS, StepClock, measure_speed
 from alexnet.engine.cpu import has_fast_bfloat16, keep_freed_memory
 from alexnet.engine.fit import amp_context, data_config
 from alexnet.engine.optim import LRSchedule, create_optimizer
@@ -55,13 +54,10 @@ def main() -> int:
     optimizer = create_optimizer(model.parameters(), cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                                  nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
     schedule = LRSchedule(optimizer, cfg.scheduler, total_steps=len(train) * cfg.epochs, steps_per_epoch=len(train))
-    ends: list[float] = []
+    clock = StepClock(train, device)  # the steps timed as measure_speed times them
     train.set_epoch(0)
-    start = time.perf_counter()
-    # save() is called at the end of every step when save_every is 1: a clock, nothing saved.
-    train_one_epoch(model, train, optimizer, schedule, loss_fn, step=0, save=lambda _: ends.append(time.perf_counter()),
-                    opts=dataclasses.replace(opts, max_steps=args.steps, save_every=1))  # fmt: skip
-    steps = [b - a for a, b in zip([start, *ends], ends)]
+    train_one_epoch(model, clock, optimizer, schedule, loss_fn, step=0, opts=dataclasses.replace(opts, max_steps=args.steps))
+    steps = clock.step_times(args.steps)
     later = steps[WARMUP_STEPS:]
     print("then the run's first steps: " + ", ".join(f"{s:.3f}" for s in steps[:8]) + " s")
     print(f"steps {WARMUP_STEPS + 1}-{len(steps)}: median {statistics.median(later):.3f} s, mean {statistics.mean(later):.3f} s, "

@@ -50,7 +50,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _StepClock:
+class StepClock:
     """The loader, noting the time each batch is handed out: the gap between two is one whole
     step of the training loop (forward, backward, update, the next batch), timed inside one
     iteration so that starting the iterator is not counted as a step."""
@@ -66,6 +66,13 @@ class _StepClock:
             _synchronize(self.device)
             self.ticks.append(time.perf_counter())
             yield batch
+
+    def step_times(self, steps: int) -> list[float]:
+        """The time of each of the ``steps`` steps just run. A step ends when the next batch is
+        asked for; where the loader had no next batch, the last one ends now."""
+        _synchronize(self.device)
+        ends = self.ticks[1:] if len(self.ticks) > steps else [*self.ticks[1:], time.perf_counter()]
+        return [b - a for a, b in zip(self.ticks, ends)]
 
 
 def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.Module, opts: StepOptions) -> Speed:
@@ -85,16 +92,12 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
     schedule = LRSchedule(optimizer, "none", total_steps=len(train_loader), steps_per_epoch=len(train_loader))
     steps = min(WARMUP_STEPS + TIMED_STEPS, len(train_loader))
     quiet = dataclasses.replace(opts, save_every=None, skip_nonfinite=10**9, max_steps=steps)
-    clock = _StepClock(train_loader, device)
+    clock = StepClock(train_loader, device)
     train_loader.set_epoch(0)
-    t0 = time.perf_counter()
     train_one_epoch(trial, clock, optimizer, schedule, loss_fn, step=0, opts=quiet)
-    _synchronize(device)
-    # A step ends when the next batch is asked for; the last one ends with the call.
-    ends = clock.ticks[1:] if len(clock.ticks) > steps else [*clock.ticks[1:], time.perf_counter()]
-    step_times = [b - a for a, b in zip(clock.ticks, ends)]
+    step_times = clock.step_times(steps)
     counted = step_times[WARMUP_STEPS:] or step_times[-1:]
-    step_s = statistics.median(counted) if counted else time.perf_counter() - t0
+    step_s = statistics.median(counted) if counted else 0.0
     times = []
     trial.eval()
     autocast = opts.autocast if opts.autocast is not None else torch.autocast(device.type, enabled=False)
