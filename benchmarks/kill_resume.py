@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/kill_resume.py --kills 20 --out runs/kill-resume
 
 Half of the kills land while a checkpoint is being written over the previous one (the harness
-kills the process the moment the temporary file appears), the others at random times between
-the first checkpoint and the end of an undisturbed run. The run is the tiny deterministic one
+kills the process the moment the temporary file appears), the others at random times after
+the first checkpoint, in windows that together span an undisturbed run's training time once
+(so that every kill lands before the run is done). The run is the tiny deterministic one
 of tests/test_kill_resume.py (alexnet_owt at 63 px, SGD with momentum, 8 epochs of 10 steps,
 a checkpoint every 3 steps) on generated Fashion-MNIST-format data. Prints and writes
 <out>/kill_resume.json: kills, kills during a write, restarts, and whether the final weights,

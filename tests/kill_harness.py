@@ -118,12 +118,17 @@ def timed_run(args: list[str], out: Path, log: Path) -> tuple[float, float]:
 
 
 def random_plan(rng: random.Random, n: int, first_write: float, total: float, write_every: int = 2) -> list[str | float]:
-    """n kill moments: every ``write_every``-th one during a checkpoint write, the others at a
-    random time after start, from the first checkpoint on. The window shrinks as kills grow in
-    number, so that all of them land before the run is done (each restart only has the rest to do)."""
-    timed = n - n // write_every
-    span = (total - first_write) * 2 / max(timed, 2)
-    return ["write" if (i + 1) % write_every == 0 else round(first_write + rng.uniform(0, span), 2) for i in range(n)]
+    """n kill moments: the first and every ``write_every``-th one after it during a checkpoint
+    write, the others at a random time after start, from the first checkpoint on.
+
+    Each restart only has the rest of the run to do, so the timed kills' windows together span
+    the undisturbed run's training time once: on average they use half of it, and all kills,
+    the write kills among them, land before the run is done. (Windows twice as wide used all of
+    it on average: CI saw a run end with its last write kill unused.) A write kill comes first,
+    while most of the run is still to come."""
+    timed = n - (n + write_every - 1) // write_every
+    span = (total - first_write) / max(timed, 1)
+    return ["write" if i % write_every == 0 else round(first_write + rng.uniform(0, span), 2) for i in range(n)]
 
 
 def same_run(a: Path, b: Path) -> None:
