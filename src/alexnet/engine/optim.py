@@ -9,13 +9,37 @@ import torch
 SCHEDULES = ("none", "step", "plateau", "cosine", "onecycle")
 
 
+# Devices with PyTorch's fused (one kernel per tensor) SGD and AdamW.
+FUSED_DEVICES = ("cpu", "cuda")
+
+
 def create_optimizer(
-    params, name: str, *, lr: float, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0
+    params,
+    name: str,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``params``; ``fused`` (default: where the parameters' device has it).
+
+    The fused update reads and writes each parameter, gradient and state tensor once, where
+    the default for-loop update passes over memory once per arithmetic operation. For
+    alexnet_paper's 58 M parameters on a 2-core CPU, an AdamW step took 38 ms fused against
+    125 ms, SGD with momentum 27 ms against 73 ms (benchmarks/optimizer_step.py): at 63 px
+    the difference is a quarter of a training step.
+    """
+    params = list(params)
+    if fused is None:
+        tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+        fused = bool(tensors) and all(t.device.type in FUSED_DEVICES and t.is_floating_point() for t in tensors)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                               fused=fused or None)  # fmt: skip
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
