@@ -1,0 +1,80 @@
+"""What keeps CPU training fast: fused optimizer updates, and subnormal numbers flushed to zero
+in every intra-op thread (benchmarks/optimizer_step.py measures both)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from alexnet.engine.optim import create_optimizer
+
+SUBNORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
+
+
+@pytest.mark.parametrize("name, kwargs", [("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
+                                          ("sgd", {"momentum": 0.9, "nesterov": True}),
+                                          ("adamw", {"weight_decay": 0.05})])  # fmt: skip
+def test_the_fused_update_is_the_default_on_cpu_and_matches_the_for_loop(name, kwargs):
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    runs = {}
+    for fused in (None, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = create_optimizer(params, name, lr=0.01, fused=fused, **kwargs)
+        assert opt.param_groups[0]["fused"] is (True if fused is None else None)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs[fused] = params
+    for a, b in zip(runs[None], runs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_parameters_on_a_device_without_fused_kernels_use_the_for_loop():
+    params = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert create_optimizer(params, "adamw", lr=0.1).param_groups[0]["fused"] is None
+
+
+FLUSH_PROBE = """
+import sys, torch
+from alexnet.engine.cpu import flush_denormals
+torch.set_num_threads(2)
+if sys.argv[1] == "flush":
+    assert flush_denormals()
+x = torch.full((1 << 22,), {subnormal})  # large enough to be split between the threads
+y = x * 1.0
+print(int((y != 0).sum()), y.numel())
+"""
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="x86 FTZ/DAZ only")
+def test_flushing_reaches_every_intra_op_thread():
+    """Set before the first parallel operation, the flush holds in the threads started later:
+    every element of a product split across two threads is zero (without it, none is)."""
+    counts = {}
+    for mode in ("flush", "keep"):
+        out = subprocess.run([sys.executable, "-c", FLUSH_PROBE.format(subnormal=SUBNORMAL), mode],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        counts[mode] = [int(v) for v in out.stdout.split()]
+    assert counts["keep"][0] == counts["keep"][1]  # subnormals survive by default
+    assert counts["flush"][0] == 0, counts
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="x86 FTZ/DAZ only")
+def test_training_on_cpu_flushes_subnormals(fmnist_dir, tmp_path):
+    code = (
+        "import sys, torch\n"
+        "from alexnet.cli import main\n"
+        "assert main(sys.argv[1:]) == 0\n"
+        f"print(float(torch.tensor([{SUBNORMAL}]) * 1.0))\n"
+    )
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--subset", "32", "--model", "alexnet_owt",
+            "--image-size", "63", "--batch-size", "16", "--epochs", "1", "--max-steps", "1", "--no-progress",
+            "--workers", "0", "--out", str(tmp_path / "run")]  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) == 0.0
