@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from contextlib import contextmanager
 
 import torch
 
@@ -48,16 +49,32 @@ def has_fast_bfloat16() -> bool:
         return False
 
 
-def flush_denormals() -> bool:
-    """Treat subnormal floats as zero (x86 FTZ and DAZ), from now on in this thread and in every
-    thread it starts later; False where the CPU cannot.
+
+def flushing_subnormals() -> bool:
+    """Whether this thread now treats subnormal floats as zero."""
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+@contextmanager
+def subnormals_flushed(enabled: bool = True):
+    """Treat subnormal floats as zero (x86 FTZ and DAZ) inside the block: in this thread, and in
+    every thread it starts meanwhile; this thread's setting is put back afterwards.
 
     AdamW's first moment decays by 0.9 a step wherever a gradient stays zero (a ReLU that no
     longer fires), into numbers below 1.2e-38 that the CPU handles in slow microcode: after the
     quick preset's 2,180 steps 28% of the moment's entries were subnormal, the (for-loop) AdamW
     step took 274 ms instead of 133, and the run's epochs slowed from 365 to 279 images/s;
-    flushed, the step took 141 ms, and the fused one 39 ms against 161 (benchmarks/optimizer_step.py). Call it before the first
-    parallel operation: the intra-op threads copy the setting when they are created, and a
-    thread that already exists keeps its own.
+    flushed, the step took 141 ms, and the fused one 39 ms against 161 (benchmarks/optimizer_step.py).
+    Enter it before the first parallel operation: the intra-op threads copy the setting when
+    they are created (and then keep it), a thread that already exists keeps its own. The
+    calling thread is restored because other code in the process may rely on IEEE subnormals
+    (Hypothesis, for one, refuses to run without them).
     """
-    return bool(torch.set_flush_denormal(True))
+    before = flushing_subnormals()
+    if enabled and not before:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            torch.set_flush_denormal(False)

@@ -24,7 +24,7 @@ from ..data import DataConfig, DatasetInfo, build_loaders
 from ..errors import AlexNetError
 from ..models import create_model, model_info
 from . import distributed as dist
-from .cpu import flush_denormals, has_fast_bfloat16, keep_freed_memory
+from .cpu import has_fast_bfloat16, keep_freed_memory, subnormals_flushed
 from .budget import plan_epochs
 from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
@@ -239,8 +239,11 @@ def fit(cfg: TrainConfig) -> dict:
     """Train and evaluate as ``cfg`` says; returns the final evaluation and the run directory."""
     started = time.perf_counter()
     device = select_device(cfg.device)
-    if device.type == "cpu":
-        flush_denormals()  # first: the intra-op threads started later inherit it
+    with subnormals_flushed(device.type == "cpu"):  # first: the intra-op threads started later inherit it
+        return _fit(cfg, started, device)
+
+
+def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
     rank, world_size, local_rank = dist.init_distributed(device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", local_rank)
