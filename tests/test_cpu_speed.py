@@ -7,9 +7,13 @@ import sys
 import pytest
 import torch
 
-from alexnet.engine.optim import create_optimizer
+from alexnet.engine.optim import adopt_update, create_optimizer
 
 SUBNORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
+# Whether this CPU can flush subnormals (x86's FTZ/DAZ, Arm's FZ); the main thread is put back.
+CAN_FLUSH = torch.set_flush_denormal(True)
+torch.set_flush_denormal(False)
+needs_flush = pytest.mark.skipif(not CAN_FLUSH, reason="this CPU cannot flush subnormals")
 
 
 @pytest.mark.parametrize("name, kwargs", [("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
@@ -33,6 +37,32 @@ def test_the_fused_update_is_the_default_on_cpu_and_matches_the_for_loop(name, k
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_param_groups_are_read_once_whatever_holds_their_parameters():
+    a, b, c = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+    groups = [{"params": (p for p in (a, b))}, {"params": c, "lr": 0.5}]  # a generator, a lone tensor
+    opt = create_optimizer(groups, "sgd", lr=0.1, momentum=0.0)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 1] and opt.param_groups[0]["fused"] is True
+
+
+def test_a_checkpoint_of_the_for_loop_update_resumes_with_the_fused_one():
+    params = [torch.nn.Parameter(torch.randn(8, 4))]
+    old = create_optimizer(params, "adamw", lr=0.01, fused=False)
+    params[0].grad = torch.randn(8, 4)
+    old.step()
+    saved = old.state_dict()
+    assert saved["param_groups"][0]["fused"] is None
+    new = create_optimizer(params, "adamw", lr=0.01)
+    new.load_state_dict(adopt_update(saved, new))
+    assert new.param_groups[0]["fused"] is True
+    torch.testing.assert_close(new.state[params[0]]["exp_avg"], old.state[params[0]]["exp_avg"], rtol=0, atol=0)
+    new.step()  # the fused kernel accepts the loaded state
+    assert float(new.state[params[0]]["step"]) == 2
+    # Loaded as saved, torch would keep the saved group's update.
+    plain = create_optimizer(params, "adamw", lr=0.01)
+    plain.load_state_dict(saved)
+    assert plain.param_groups[0]["fused"] is None
+
+
 def test_parameters_on_a_device_without_fused_kernels_use_the_for_loop():
     params = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
     assert create_optimizer(params, "adamw", lr=0.1).param_groups[0]["fused"] is None
@@ -53,7 +83,7 @@ print(int((y != 0).sum()), int((z != 0).sum()), y.numel())
 """
 
 
-@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="x86 FTZ/DAZ only")
+@needs_flush
 def test_flushing_reaches_every_intra_op_thread():
     """Set before the first parallel operation, the flush holds in the threads started later:
     every element of a product split across two threads is zero (without it, none is)."""
@@ -67,7 +97,7 @@ def test_flushing_reaches_every_intra_op_thread():
     assert counts["flush"][:2] == [0, 0], counts
 
 
-@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="x86 FTZ/DAZ only")
+@needs_flush
 def test_training_on_cpu_flushes_subnormals(fmnist_dir, tmp_path):
     code = (
         "import sys, torch\n"
@@ -75,9 +105,14 @@ def test_training_on_cpu_flushes_subnormals(fmnist_dir, tmp_path):
         "import importlib\n"
         "fit_module = importlib.import_module('alexnet.engine.fit')\n"
         "from alexnet.engine.cpu import flushing_subnormals\n"
+        "import numpy\n"
+        f"x = torch.from_numpy(numpy.full(1 << 22, {SUBNORMAL}, dtype=numpy.float32))  # no parallel op yet\n"
         "seen = []\n"
         "train = fit_module.train_one_epoch\n"
-        "fit_module.train_one_epoch = lambda *a, **k: (seen.append(flushing_subnormals()), train(*a, **k))[1]\n"
+        "def watched(*a, **k):\n"
+        "    seen.append((flushing_subnormals(), int((x * 1.0 != 0).sum())))  # this thread, every thread\n"
+        "    return train(*a, **k)\n"
+        "fit_module.train_one_epoch = watched\n"
         "assert main(sys.argv[1:]) == 0\n"
         "print(seen, flushing_subnormals())\n"
     )
@@ -88,4 +123,4 @@ def test_training_on_cpu_flushes_subnormals(fmnist_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     # Flushed while training; the calling thread is as it was afterwards (Hypothesis, later in the
     # same test process, refuses to run without subnormals).
-    assert out.stdout.strip().splitlines()[-1] == "[True] False", out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[(True, 0)] False", out.stdout

@@ -57,8 +57,8 @@ def flushing_subnormals() -> bool:
 
 @contextmanager
 def subnormals_flushed(enabled: bool = True):
-    """Treat subnormal floats as zero (x86 FTZ and DAZ) inside the block: in this thread, and in
-    every thread it starts meanwhile; this thread's setting is put back afterwards.
+    """Treat subnormal floats as zero (x86's FTZ and DAZ, Arm's FZ) inside the block: in this
+    thread, and in every thread it starts meanwhile; this thread's setting is put back afterwards.
 
     AdamW's first moment decays by 0.9 a step wherever a gradient stays zero (a ReLU that no
     longer fires), into numbers below 1.2e-38 that the CPU handles in slow microcode: after the
@@ -66,9 +66,12 @@ def subnormals_flushed(enabled: bool = True):
     step took 274 ms instead of 133, and the run's epochs slowed from 365 to 279 images/s;
     flushed, the step took 141 ms, and the fused one 39 ms against 161 (benchmarks/optimizer_step.py).
     Enter it before the first parallel operation: the intra-op threads copy the setting when
-    they are created (and then keep it), a thread that already exists keeps its own. The
-    calling thread is restored because other code in the process may rely on IEEE subnormals
-    (Hypothesis, for one, refuses to run without them).
+    they are created, and keep it after the block (so a later large operation, split between
+    them, flushes while a small one on this thread does not); threads that already existed keep
+    their own (in a process that ran parallel work before, such as a notebook, only this
+    thread flushes and the slowdown can come back). The calling thread is restored because
+    other code in the process may rely on IEEE subnormals (Hypothesis, for one, refuses to run
+    without them).
     """
     before = flushing_subnormals()
     if enabled and not before:

@@ -28,7 +28,7 @@ from .cpu import has_fast_bfloat16, keep_freed_memory, subnormals_flushed
 from .budget import plan_epochs
 from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
-from .optim import LRSchedule, create_optimizer
+from .optim import LRSchedule, adopt_update, create_optimizer
 from .signals import StopRequest
 from .train import NonFiniteLoss, StepOptions, train_one_epoch
 
@@ -340,7 +340,7 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
     start_epoch, step, best_top1, nonfinite_skipped = 0, 0, -1.0, 0
     if resume_ckpt is not None:
         load_model_state(model, model_state(resume_ckpt, cfg.resume), str(cfg.resume))
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        optimizer.load_state_dict(adopt_update(resume_ckpt["optimizer"], optimizer))
         schedule.load_state_dict(resume_ckpt["schedule"])
         stored_lr = float(resume_ckpt.get("config", {}).get("lr", cfg.lr))
         if cfg.lr != stored_lr:  # --lr given with --resume: the schedule goes on from the new peak
