@@ -5,13 +5,13 @@ flush-to-zero (what ``alexnet train`` sets on the CPU).
     .venv/bin/python benchmarks/optimizer_step.py [--checkpoint runs/quick/checkpoints/last.pt]
 
 Why: in a 15-minute quick-preset run, epochs slowed from 365 to 279 images/s. AdamW's first
-moment had decayed into subnormal numbers wherever a gradient stayed zero (28% of fc6's
-entries after 2,180 steps), and the CPU computes on those in slow microcode.
+moment had decayed into subnormal numbers wherever a gradient stayed zero (28% of the
+moments' entries after 2,180 steps), and the CPU computes on those in slow microcode.
 
 The subnormal state (AdamW only: SGD's momentum takes in the weight decay, so it does not
 decay to subnormal numbers the same way) is either the optimizer state of a real checkpoint (``--checkpoint``,
 an AdamW or SGD run of alexnet_paper at 63 px on 10 classes) or made up: the given fraction
-of every moment's entries set to 1e-40 (the default 0.28 is what that run had in fc6). Each
+of every moment's entries set to the bits of 1e-40 (the default 0.28 is what that run had). Each
 case runs in a fresh process, since flush-to-zero reaches the intra-op threads only when set
 before they start. Prints the median of 12 steps after 3 warm-up steps, in ms.
 """
@@ -26,6 +26,9 @@ import sys
 import time
 
 import torch
+
+
+SUBNORMAL_BITS = 0x116C2  # float32 1.0e-40
 
 
 def subnormal_bits(t: torch.Tensor) -> torch.Tensor:
@@ -70,7 +73,8 @@ def child(args: argparse.Namespace) -> dict:
             dead = subnormal_bits(moment)
         else:
             dead = torch.rand(param.shape, generator=gen) < args.fraction
-            moment[dead] = 1e-40 if args.state == "subnormal" else 0.0
+            # Written as bits: with flush-to-zero on, storing the float 1e-40 would store 0.
+            moment.view(torch.int32)[dead] = SUBNORMAL_BITS if args.state == "subnormal" else 0
         param.grad[dead] = 0.0  # a unit that no longer fires: its gradient stays zero, its moment decays
     moments = [s.get("exp_avg", s.get("momentum_buffer")) for s in opt.state.values()]
     subnormal = sum(int(subnormal_bits(m).sum()) for m in moments)

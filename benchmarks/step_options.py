@@ -1,6 +1,7 @@
 """One training step of the paper's AlexNet on this CPU, with each speed option toggled in turn.
 
-alexnet_paper, 1 input channel, 10 classes, 227 px, SGD with momentum, a synthetic batch
+alexnet_paper, 1 input channel, 10 classes, 227 px, SGD with momentum (torch's for-loop
+update; training now uses the fused one, benchmarks/optimizer_step.py), a synthetic batch
 already in memory. The baseline is what the models do by default: fused LRN, contiguous
 float32, torch's default threads, in-place ReLU, zero_grad(set_to_none=True), eager.
 

@@ -63,8 +63,8 @@ def subnormals_flushed(enabled: bool = True):
     AdamW's first moment decays by 0.9 a step wherever a gradient stays zero (a ReLU that no
     longer fires), into numbers below 1.2e-38 that the CPU handles in slow microcode: after the
     quick preset's 2,180 steps 28% of the moment's entries were subnormal, the (for-loop) AdamW
-    step took 274 ms instead of 133, and the run's epochs slowed from 365 to 279 images/s;
-    flushed, the step took 141 ms, and the fused one 39 ms against 161 (benchmarks/optimizer_step.py).
+    step took 252 ms instead of 123, and the run's epochs slowed from 365 to 279 images/s;
+    flushed, the step took 134 ms, and the fused one 36 ms against 146 (benchmarks/optimizer_step.py).
     Enter it before the first parallel operation: the intra-op threads copy the setting when
     they are created, and keep it after the block (so a later large operation, split between
     them, flushes while a small one on this thread does not); threads that already existed keep

@@ -28,8 +28,8 @@ def create_optimizer(
 
     The fused update reads and writes each parameter, gradient and state tensor once, where
     the default for-loop update passes over memory once per arithmetic operation. For
-    alexnet_paper's 58 M parameters on a 2-core CPU, an AdamW step took 38 ms fused against
-    125 ms, SGD with momentum 27 ms against 73 ms (benchmarks/optimizer_step.py): at 63 px
+    alexnet_paper's 58 M parameters on a 2-core CPU, an AdamW step took 35 ms fused against
+    123 ms, SGD with momentum 26 ms against 66 ms (benchmarks/optimizer_step.py): at 63 px
     the difference is a quarter of a training step.
     """
     # Param groups as torch takes them (a tensor or an iterable of them under "params"), read once.
