@@ -39,15 +39,19 @@ def subnormal_bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def child(args: argparse.Namespace) -> dict:
-    if args.ftz:
-        torch.set_flush_denormal(True)
-    torch.set_num_threads(args.threads)
-    from alexnet.engine.cpu import keep_freed_memory
-    from alexnet.engine.optim import create_optimizer
+    from alexnet.engine.cpu import subnormals_flushed
 
-    keep_freed_memory()  # as alexnet train does: the for-loop update's temporaries are not mmap'ed anew
+    with subnormals_flushed(args.ftz):  # as alexnet train does, before any parallel operation
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from alexnet.engine.cpu import keep_freed_memory
+    from alexnet.engine.optim import adopt_update, create_optimizer
     from alexnet.models import create_model
 
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as alexnet train does: the for-loop update's temporaries are not mmap'ed anew
     model = create_model("alexnet_paper", num_classes=10, in_channels=1, dropout=0.5)
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(0)
@@ -61,11 +65,9 @@ def child(args: argparse.Namespace) -> dict:
         saved = read_checkpoint(args.checkpoint)["optimizer"]
         if saved["state"] and args.optimizer == "adamw" and "exp_avg" not in next(iter(saved["state"].values())):
             raise SystemExit(f"optimizer_step.py: {args.checkpoint} was not trained with AdamW")
-        for group in saved["param_groups"]:
-            group["fused"] = args.fused  # the implementation under test, not the one saved
     opt.step()  # creates the state
     if saved is not None:
-        opt.load_state_dict(saved)
+        opt.load_state_dict(adopt_update(saved, opt))  # the update under test, not the one saved
     for param in params:
         state = opt.state[param]
         moment = state.get("exp_avg", state.get("momentum_buffer"))

@@ -49,7 +49,6 @@ def has_fast_bfloat16() -> bool:
         return False
 
 
-
 def flushing_subnormals() -> bool:
     """Whether this thread now treats subnormal floats as zero."""
     return float(torch.tensor([1e-39]) * 1.0) == 0.0

@@ -9,7 +9,7 @@ import torch
 SCHEDULES = ("none", "step", "plateau", "cosine", "onecycle")
 
 
-# Devices with PyTorch's fused (one kernel per tensor) SGD and AdamW.
+# Where create_optimizer takes PyTorch's fused (one kernel per tensor) SGD and AdamW by default.
 FUSED_DEVICES = ("cpu", "cuda")
 
 
