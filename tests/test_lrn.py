@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from alexnet import create_model
-from alexnet.models.lrn import LocalResponseNorm, local_response_norm
+from alexnet.models.lrn import LocalResponseNorm, functional_local_response_norm, local_response_norm
 
 # alpha large enough that the window dominates k: a wrong window changes the output a lot.
 LRN = dict(alpha=2.0, beta=0.75, k=1.0)
@@ -205,6 +205,20 @@ def test_onnx_export_records_torch_ops(tmp_path, dynamo):
     assert "AveragePool" in {node.op_type for node in onnx.load(str(path)).graph.node}
     (out,) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), net(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_the_functional_form_equals_torchs(channels_last, groups):
+    """What runs under torch.compile: plain ops, the same values and gradients."""
+    x, g = _inputs((2, 8, 5, 5), channels_last)
+    y, dx = _value_and_grad(lambda t: functional_local_response_norm(t, 5, **LRN, groups=groups), x, g)
+    y_ref, dx_ref = _value_and_grad(lambda t: _torch_grouped(t, 5, groups, **LRN), x, g)
+    torch.testing.assert_close(y, y_ref, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(dx, dx_ref, rtol=RTOL, atol=ATOL)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    xb = x.detach().to(torch.bfloat16)
+    assert functional_local_response_norm(xb, 5, **LRN, groups=groups).dtype == torch.bfloat16
 
 
 @pytest.mark.slow

@@ -94,7 +94,9 @@ def _scale(x: torch.Tensor, size: int, alpha: float, k: float, groups: int) -> t
     s = torch.empty_like(x)
     xg, sg = _by_group(x, groups), _by_group(s, groups)
     c = alpha / size
-    torch.addcmul(torch.tensor(k, dtype=x.dtype), x, x, value=c, out=s)
+    # k as a 0-dim tensor on x's device, filled there: a CPU scalar tensor as addcmul's first
+    # argument is refused by CUDA's kernel, and one copied from the host would wait for the GPU.
+    torch.addcmul(x.new_full((), k), x, x, value=c, out=s)
     for out, src in _shifts(size // 2, (size - 1) // 2, xg.shape[2]):
         sg[:, :, out].addcmul_(xg[:, :, src], xg[:, :, src], value=c)
     return s
@@ -149,6 +151,22 @@ def reference_local_response_norm(
     if groups == 1:
         return F.local_response_norm(x, size, alpha, beta, k)
     return torch.cat([F.local_response_norm(h, size, alpha, beta, k) for h in x.chunk(groups, 1)], 1)
+
+
+def functional_local_response_norm(
+    x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, groups: int = 1
+) -> torch.Tensor:
+    """The same in plain differentiable ops, no ``out=`` and no in-place writes: what runs under
+    ``torch.compile``, whose compiler fuses it into a few kernels of its own (and which failed
+    to trace the fused function's ``out=`` ops in torch 2.11 on CUDA)."""
+    xw = x if x.dtype in _NATIVE_DTYPES else x.float()
+    sq = _by_group(xw * xw, groups)  # (N, groups, C/groups, *)
+    before, after = size // 2, (size - 1) // 2
+    padded = F.pad(sq, (0, 0) * (sq.dim() - 3) + (before, after))  # zeros beyond each group's ends
+    channels = sq.shape[2]
+    window = sum(padded[:, :, i : i + channels] for i in range(size))
+    s = (window * (alpha / size) + k).view_as(xw)
+    return (xw * s.pow(-beta)).to(x.dtype)
 
 
 def _lrn_inference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
@@ -220,6 +238,8 @@ class LocalResponseNorm(nn.Module):
             # A Python autograd Function cannot be recorded by the tracer or the ONNX exporter.
             if self.impl == "torch" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
                 return self._reference(x)
+            if torch.compiler.is_compiling():
+                return functional_local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
             return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
