@@ -3,7 +3,8 @@
 Every random parameter is drawn per sample from a CPU ``torch.Generator`` and then moved
 to the batch's device, so a seed gives the same augmentation on any device. Only tensor
 ops are used (indexing, pad, flip, affine_grid/grid_sample, interpolate); no PIL, no loops
-over samples.
+over samples, and nothing that makes the host wait for a GPU: the parameters travel from
+pinned memory without blocking (``to_device``), and no value is read back.
 
 Order, for an in-memory train batch at the dataset's native size (28 or 32 px):
 random crop from the zero-padded image and horizontal flip (on uint8), to float in
@@ -21,6 +22,23 @@ import torch
 import torch.nn.functional as F
 
 from .color import convert_channels, drop_alpha
+
+
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without a host sync.
+
+    CUDA copies from pageable memory wait for everything queued on the stream before them, so
+    each batch's random draws would stall the host until the GPU caught up; from pinned memory
+    with ``non_blocking`` the copy is queued like a kernel (the caching host allocator keeps the
+    pinned block until the copy is done).
+    """
+    if dtype is not None:
+        t = t.to(dtype)
+    if t.device == device:
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +67,7 @@ def random_pad_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torc
     b, c, h, w = x.shape
     dev = x.device
     padded = F.pad(x, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=gen).to(dev, non_blocking=True)
+    offsets = to_device(torch.randint(0, 2 * padding + 1, (2, b), generator=gen), dev)
     rows = offsets[0, :, None] + torch.arange(h, device=dev)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=dev)  # (B, W)
     bi = torch.arange(b, device=dev)[:, None, None, None]
@@ -59,7 +77,7 @@ def random_pad_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torc
 
 def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Mirror each sample left-right with probability ``p``."""
-    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device, non_blocking=True)
+    flip = to_device(torch.rand(x.shape[0], generator=gen) < p, x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -76,7 +94,7 @@ def random_affine(x: torch.Tensor, degrees: float, translate: float, gen: torch.
     shift = u[1:] * translate * 2  # normalised coordinates span 2 across the image
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1), torch.stack([sin, cos, shift[1]], 1)], 1)
-    theta = theta.to(device=x.device, dtype=x.dtype, non_blocking=True)  # (B, 2, 3)
+    theta = to_device(theta, x.device, x.dtype)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -90,7 +108,7 @@ def pca_noise(
     """
     if sigma <= 0:
         return x
-    alpha = (torch.randn(x.shape[0], eigval.shape[0], generator=gen) * sigma).to(x.device, x.dtype)
+    alpha = to_device(torch.randn(x.shape[0], eigval.shape[0], generator=gen) * sigma, x.device, x.dtype)
     offset = (alpha * eigval) @ eigvec.T  # (B, C)
     return x + offset[:, :, None, None]
 
@@ -121,7 +139,7 @@ class _DeviceConstants:
     def on(self, device: torch.device) -> dict[str, torch.Tensor | None]:
         if device not in self._cache:
             self._cache[device] = {
-                k: None if v is None else v.to(device=device, dtype=torch.float32) for k, v in self._host.items()
+                k: None if v is None else to_device(v, device, torch.float32) for k, v in self._host.items()
             }
         return self._cache[device]
 

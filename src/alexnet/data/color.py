@@ -59,9 +59,9 @@ def convert_channels(x: torch.Tensor, dst: int) -> torch.Tensor:
         return x
     if (src, dst) == (1, 3):
         return x.expand(-1, 3, -1, -1)
-    if (src, dst) == (3, 1):
-        w = torch.tensor(LUMA_601, dtype=x.dtype, device=x.device)
-        return torch.einsum("bchw,c->bhw", x, w).unsqueeze(1)
+    if (src, dst) == (3, 1):  # weights as Python numbers: a weight tensor made per batch would be a host copy
+        r, g, b = LUMA_601
+        return (x[:, 0:1] * r).add_(x[:, 1:2], alpha=g).add_(x[:, 2:3], alpha=b)
     raise ValueError(f"cannot convert {src} channels to {dst}")
 
 

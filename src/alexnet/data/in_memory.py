@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .batch_transforms import to_device
 from .sampling import EpochLoader, EpochSampler, mix_seed
 
 
@@ -85,10 +86,13 @@ class InMemoryLoader(EpochLoader):
         self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self.sampler.batches(self.epoch)
-        for i in range(self.start_batch, len(batches)):
+        batches = self.sampler.batches(self.epoch)[self.start_batch :]
+        if not batches:
+            return
+        # The epoch's indices reach the device in one copy, queued without a host sync.
+        on_device = to_device(torch.cat(batches), self.device).split([len(b) for b in batches])
+        for i, idx in enumerate(on_device, start=self.start_batch):
             # One generator per batch: batch i gets the same augmentation however the epoch began.
             gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, i))
-            idx = batches[i].to(self.device, non_blocking=True)
             images = self.images.index_select(0, idx)  # (B, C, H, W) uint8
             yield self.transform(images, gen), self.labels.index_select(0, idx)

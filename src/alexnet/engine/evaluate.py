@@ -32,6 +32,9 @@ def evaluate(
     of this rank (first crop) with their labels and predictions, for pictures; ``samples``
     the first ``keep_samples`` inputs of this rank, right or wrong, with their labels and
     predicted class probabilities.
+
+    Nothing is read back to the host until the last batch: counts, sums and the pictures'
+    inputs are gathered on the device, so a GPU never waits for the host between batches.
     """
     model.eval()
     autocast = autocast if autocast is not None else contextlib.nullcontext()
@@ -39,8 +42,9 @@ def evaluate(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct5 = torch.zeros((), device=device, dtype=torch.long)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
-    mistakes: list[tuple[torch.Tensor, int, int]] = []
-    samples: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+    mistakes = FirstMistakes(keep_mistakes)
+    samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (inputs, labels, probabilities)
+    taken = 0
     k = min(5, num_classes)
     for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, unit="batch"):
         crops = images.shape[1] if images.ndim == 5 else 1
@@ -57,15 +61,15 @@ def evaluate(
         top = log_probs.topk(k, dim=1).indices
         pred = top[:, 0]
         correct5 += (top == labels[:, None]).any(1).sum()
-        confusion += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
-        if len(mistakes) < keep_mistakes:
-            wrong = (pred != labels).nonzero().flatten()[: keep_mistakes - len(mistakes)]
-            first = images[:, 0] if crops > 1 else images
-            mistakes += [(first[i].float().cpu(), int(labels[i]), int(pred[i])) for i in wrong.tolist()]
-        if len(samples) < keep_samples:
-            first = images[:, 0] if crops > 1 else images
-            probs = log_probs[: keep_samples - len(samples)].exp().cpu()
-            samples += [(first[i].float().cpu(), int(labels[i]), probs[i]) for i in range(len(probs))]
+        # index_add_, not bincount: CUDA's bincount reads the largest value back to size its output.
+        cells = labels * num_classes + pred
+        confusion.index_add_(0, cells, torch.ones_like(cells))
+        first = images[:, 0] if crops > 1 else images
+        mistakes.add(first, labels, pred)
+        if taken < keep_samples:
+            n = min(keep_samples - taken, labels.shape[0])
+            samples.append((first[:n], labels[:n], log_probs[:n].exp()))
+            taken += n
     all_reduce_sum(loss_sum)
     all_reduce_sum(correct5)
     all_reduce_sum(confusion)
@@ -73,6 +77,10 @@ def evaluate(
     n = int(matrix.sum())
     per_class_n = matrix.sum(1)
     per_class = (matrix.diag().double() / per_class_n.clamp(min=1)).tolist()
+    kept_samples = []
+    for inputs, truth, probs in samples:
+        inputs, truth, probs = inputs.float().cpu(), truth.tolist(), probs.cpu()
+        kept_samples += [(inputs[i], truth[i], probs[i]) for i in range(len(truth))]
     return {
         "top1": float(matrix.diag().sum()) / max(n, 1),
         "top5": float(correct5) / max(n, 1),
@@ -81,6 +89,40 @@ def evaluate(
         "per_class": per_class,
         "per_class_n": per_class_n.tolist(),
         "confusion": matrix.tolist(),
-        "mistakes": mistakes,
-        "samples": samples,
+        "mistakes": mistakes.result(),
+        "samples": kept_samples,
     }
+
+
+class FirstMistakes:
+    """The first ``keep`` misclassified inputs, in loader order, collected without a host sync.
+
+    A buffer of at most ``keep`` candidates stays on the device; each batch's mistakes are
+    merged in behind those already there (a stable sort on "is it a mistake") and the buffer is
+    cut back to ``keep``, so its size never depends on data the host has not read.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.buffer: tuple[torch.Tensor, ...] | None = None  # (inputs, labels, predictions, is a mistake)
+
+    def add(self, inputs: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor) -> None:
+        if self.keep <= 0:
+            return
+        batch = _first_mistakes((inputs, labels, pred, pred != labels), self.keep)
+        if self.buffer is not None:
+            batch = _first_mistakes(tuple(torch.cat([a, b]) for a, b in zip(self.buffer, batch)), self.keep)
+        self.buffer = batch
+
+    def result(self) -> list[tuple[torch.Tensor, int, int]]:
+        if self.buffer is None:
+            return []
+        inputs, labels, pred, wrong = self.buffer
+        inputs, labels, pred = inputs.float().cpu(), labels.tolist(), pred.tolist()
+        return [(inputs[i], labels[i], pred[i]) for i, w in enumerate(wrong.tolist()) if w]
+
+
+def _first_mistakes(rows: tuple[torch.Tensor, ...], keep: int) -> tuple[torch.Tensor, ...]:
+    """The first ``keep`` rows, mistakes (``rows[3]`` true) before the rest, each in its order."""
+    order = torch.argsort((~rows[3]).to(torch.uint8), stable=True)[:keep]
+    return tuple(t.index_select(0, order) for t in rows)
