@@ -84,14 +84,15 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
     benchmarks/budget_estimate.py); the estimate is the median of the next TIMED_STEPS, all in
     one pass of the loader.
     """
-    saved = rng_state()
     device = next(model.parameters()).device
+    saved = rng_state(device)
     trial = copy.deepcopy(model)
     optimizer = create_optimizer(trial.parameters(), cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
                                  nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
     schedule = LRSchedule(optimizer, "none", total_steps=len(train_loader), steps_per_epoch=len(train_loader))
     steps = min(WARMUP_STEPS + TIMED_STEPS, len(train_loader))
-    quiet = dataclasses.replace(opts, save_every=None, skip_nonfinite=10**9, max_steps=steps)
+    # Each rank times its own copy: no decisions to agree on (agree=False), no collectives.
+    quiet = dataclasses.replace(opts, save_every=None, skip_nonfinite=10**9, max_steps=steps, agree=False)
     clock = StepClock(train_loader, device)
     train_loader.set_epoch(0)
     train_one_epoch(trial, clock, optimizer, schedule, loss_fn, step=0, opts=quiet)
@@ -116,7 +117,7 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
     eval_batch_s = statistics.median(times[1:] or times) if times else 0.0
     del trial, optimizer
     train_loader.set_epoch(0)
-    set_rng_state(saved)
+    set_rng_state(saved, device)
     return Speed(step_s=step_s, eval_batch_s=eval_batch_s, step_times=tuple(step_times))
 
 

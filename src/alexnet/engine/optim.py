@@ -42,8 +42,16 @@ def create_optimizer(
         tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
         fused = bool(tensors) and all(t.device.type in FUSED_DEVICES and t.is_floating_point() for t in tensors)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                               fused=fused or None)  # fmt: skip
+        sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                              fused=fused or None)  # fmt: skip
+        if fused and momentum:
+            # Momentum starts at zero, which with no dampening is torch's first step (buffer = gradient)
+            # exactly. Left unset, a first step skipped through found_inf (step_guard.py) would leave
+            # the fused kernel's uninitialised buffers behind for the next step to use.
+            for group in sgd.param_groups:
+                for p in group["params"]:
+                    sgd.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return sgd
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     raise ValueError(f"unknown optimizer {name!r}")

@@ -20,6 +20,11 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal_name is not None
 
+    @property
+    def signum(self) -> int:
+        """The number of the signal received, 0 for none."""
+        return int(getattr(signal, self.signal_name)) if self.signal_name else 0
+
     def _handle(self, signum, frame):
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..errors import AlexNetError
 from .optim import LRSchedule
+from .step_guard import StepGuard, guarded_update
 
 
 class NonFiniteLoss(AlexNetError):
@@ -30,9 +30,10 @@ class StepOptions:
     clip_grad: float | None = None
     channels_last: bool = False
     max_steps: int | None = None
-    sync_every: int = 1  # read the loss back to the host every N steps (1 on CPU; more on GPU)
+    sync_every: int = 1  # read the step verdicts and metrics back every N steps (1 on CPU; more on GPU)
     skip_nonfinite: int = 0  # bad batches that may still be skipped in this run (--skip-nonfinite)
     save_every: int | None = None  # steps between mid-epoch checkpoints (--save-every)
+    agree: bool = False  # DDP: every rank takes the same decisions (step_guard.py); a collective per step
 
 
 def train_one_epoch(
@@ -53,93 +54,120 @@ def train_one_epoch(
 ) -> tuple[dict[str, float], int]:
     """Train over ``loader`` once; returns (metrics, global step).
 
-    The epoch ends early at ``opts.max_steps`` or when ``stop.requested`` (a signal); then
-    ``metrics["batches"]`` is less than ``len(loader)`` and ``metrics["partial"]`` holds the
-    running sums, so a resumed run (``start_batch``, ``partial``) reports the same figures as
-    one that was never stopped. The loader must already start at ``start_batch``.
+    The epoch ends early at ``opts.max_steps`` or on a signal (``stop.requested``; under DDP
+    when any rank received one); then ``metrics["batches"]`` is less than ``len(loader)`` and
+    ``metrics["partial"]`` holds the running sums, so a resumed run (``start_batch``,
+    ``partial``) reports the same figures as one that was never stopped. The loader must
+    already start at ``start_batch``.
 
-    A batch whose loss is NaN or infinite is caught before the optimizer steps, so the weights
-    stay those of the last good step: it is skipped while ``opts.skip_nonfinite`` allows
-    (it still counts as a step, keeping the schedule in line with the data), otherwise
-    NonFiniteLoss is raised. Every ``opts.save_every`` steps ``save`` gets the running
-    metrics (as an epoch cut short would return them) to write a mid-epoch checkpoint.
+    A batch whose loss is NaN or infinite never reaches the weights (step_guard.py): it is
+    skipped while ``opts.skip_nonfinite`` allows (it still counts as a step, keeping the schedule
+    in line with the data), otherwise every later step is skipped too and NonFiniteLoss is raised
+    at the next read, every ``opts.sync_every`` steps. Every ``opts.save_every`` steps ``save``
+    gets the running metrics (as an epoch cut short would return them) to write a mid-epoch
+    checkpoint; it is called on every rank.
     """
     model.train()
     autocast = opts.autocast if opts.autocast is not None else contextlib.nullcontext()
     scaler = opts.scaler if opts.scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
     device = next(model.parameters()).device
     partial = partial or {}
-    loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=device)
-    correct = torch.tensor(int(partial.get("correct", 0)), device=device, dtype=torch.long)
-    seen, lr = int(partial.get("seen", 0)), schedule.optimizer.param_groups[0]["lr"]
-    seen_before, batches, skipped = seen, start_batch, 0
-    # On the CPU reading the loss back costs nothing; on a GPU only when skipping is asked for.
-    check_each_step = device.type == "cpu" or opts.skip_nonfinite > 0
+    # Running sums stay on the device (torch.full fills there: no host-to-device copy).
+    loss_sum = torch.full((), float(partial.get("loss_sum", 0.0)), device=device)
+    correct = torch.full((), int(partial.get("correct", 0)), device=device, dtype=torch.long)
+    seen = torch.full((), int(partial.get("seen", 0)), device=device, dtype=torch.long)
+    seen_before, lr = int(partial.get("seen", 0)), schedule.optimizer.param_groups[0]["lr"]
+    batches, skipped, signum = start_batch, 0, 0
+    guard = StepGuard(device, allowance=opts.skip_nonfinite, agree=opts.agree)
     start = time.perf_counter()
     bar = tqdm(total=len(loader), initial=start_batch, desc=desc, disable=not progress, leave=False,
                dynamic_ncols=True, unit="batch")  # fmt: skip
+
+    def settle() -> int:
+        """Read the verdicts (a host sync): report skips, raise on a failure; the agreed signal (0: none)."""
+        nonlocal skipped
+        reading = guard.read()
+        for at, batch, value, elsewhere in reading.skipped:
+            skipped += 1
+            tqdm.write(f"skipped batch {batch + 1} at step {at + 1}: loss {'non-finite on another rank' if elsewhere else value} "
+                       f"(--skip-nonfinite: {opts.skip_nonfinite - skipped} more may be skipped)", file=sys.stderr)  # fmt: skip
+        if reading.failed is not None:
+            raise non_finite(*reading.failed)
+        if progress:
+            n, right = torch.stack([seen, correct]).cpu().tolist()
+            if n:
+                rate = (n - seen_before) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{right / n:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+        return reading.signal
+
     try:
         for i, (images, labels) in enumerate(loader, start=start_batch):
-            if (opts.max_steps is not None and step >= opts.max_steps) or (stop is not None and stop.requested):
+            if not opts.agree and stop is not None:  # one process: stop at once
+                signum = stop.signum
+            if signum or (opts.max_steps is not None and step >= opts.max_steps):
                 break
             lr = schedule.step(step)
             if opts.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = model(images)
-                loss = loss_fn(logits, labels)
-            if check_each_step and not torch.isfinite(loss).item():
-                if skipped >= opts.skip_nonfinite:
-                    raise non_finite(loss, step + 1, i, lr)
-                skipped += 1
-                step += 1
-                batches += 1
-                tqdm.write(f"skipped batch {i + 1} at step {step}: loss {loss.item()} "
-                           f"(--skip-nonfinite: {opts.skip_nonfinite - skipped} more may be skipped)", file=sys.stderr)  # fmt: skip
-                bar.update(1)
-                continue
+                # A rank handed an empty batch (every image unreadable) still steps with the
+                # others, contributing zero gradients.
+                loss = loss_fn(logits, labels) if labels.numel() else logits.float().sum() * 0.0
+
+            # Skip (bad loss here or on any rank, or too many so far): decided on the device.
+            skip = guard.verdict(loss, step=step, batch=i, lr=lr, signal=stop.signum if stop is not None else 0)
+            if scaler.is_enabled():
+                loss = torch.where(skip, float("nan"), loss)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if opts.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            guarded_update(optimizer, scaler, skip)
             step += 1
             batches += 1
-            n = labels.shape[0]
-            seen += n
-            loss_sum += loss.detach().float() * n
-            correct += (logits.detach().argmax(1) == labels).sum()
-            if (i + 1) % opts.sync_every == 0 or i + 1 == len(loader):
-                mean_loss = loss_sum.item() / seen
-                if not math.isfinite(mean_loss):
-                    raise non_finite(loss, step, i, lr)
-                rate = (seen - seen_before) / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
             bar.update(1)
-            if save is not None and opts.save_every and step % opts.save_every == 0 and batches < len(loader):
+
+            # Metrics of the steps that were taken, summed on the device.
+            n = labels.shape[0]
+            seen += (~skip).long() * n
+            loss_sum += torch.where(skip, 0.0, loss.detach().float() * n)
+            correct += torch.where(skip, 0, (logits.detach().argmax(1) == labels).sum())
+
+            # Read back (a sync) every sync_every steps and before a save; all ranks at the same steps.
+            due_save = save is not None and opts.save_every and step % opts.save_every == 0 and batches < len(loader)
+            if step % opts.sync_every == 0 or batches >= len(loader) or due_save or step == opts.max_steps:
+                signum = settle() or signum
+            if due_save:
+                n, right = torch.stack([seen, correct]).cpu().tolist()
                 save({"batches": batches, "step": step, "complete": False, "nonfinite_skipped": skipped,
-                      "partial": {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen}})  # fmt: skip
+                      "partial": {"loss_sum": loss_sum.item(), "correct": right, "seen": n}})  # fmt: skip
+        signum = settle() or signum  # what the last read did not see (a loader that ended early)
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
+    n, right = torch.stack([seen, correct]).cpu().tolist()
+    total = loss_sum.item()
     return {
-        "train_loss": loss_sum.item() / seen if seen else float("nan"),
-        "train_acc": correct.item() / seen if seen else float("nan"),
-        "images_per_s": (seen - seen_before) / elapsed if elapsed > 0 else 0.0,
+        "train_loss": total / n if n else float("nan"),
+        "train_acc": right / n if n else float("nan"),
+        "images_per_s": (n - seen_before) / elapsed if elapsed > 0 else 0.0,
         "time_s": elapsed,
         "lr": lr,
-        "seen": seen,
+        "seen": n,
         "batches": batches,
         "complete": batches >= len(loader),
         "nonfinite_skipped": skipped,
-        "partial": {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen},
+        "signal": signum,  # the signal that stopped the epoch (agreed by all ranks), 0 for none
+        "partial": {"loss_sum": total, "correct": right, "seen": n},
     }, step
 
 
-def non_finite(loss: torch.Tensor, step: int, batch: int, lr: float) -> NonFiniteLoss:
+def non_finite(step: int, batch: int, lr: float, loss: float, elsewhere: bool = False) -> NonFiniteLoss:
+    """``step``: 0-based, the step whose loss was bad."""
+    what = "became non-finite on another rank" if elsewhere else f"became {loss}"
     return NonFiniteLoss(
-        f"loss became {loss.item()} at step {step} (batch {batch + 1} of the epoch, lr {lr:.3g}); the last good "
+        f"loss {what} at step {step + 1} (batch {batch + 1} of the epoch, lr {lr:.3g}); the last good "
         "checkpoint is kept; try a lower --lr, --clip-grad 1.0 or --init torch, or --skip-nonfinite N to skip bad batches"
     )
