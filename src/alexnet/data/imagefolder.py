@@ -448,6 +448,11 @@ class ImageFolderLoader(EpochLoader):
         super().set_epoch(epoch, start_batch)
         self._batches.epoch, self._batches.start_batch = epoch, start_batch
 
+    def _empty_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size, channels = self.transform.image_size, self.transform.in_channels
+        images = torch.zeros(0, channels, size, size, device=self.device)
+        return images, torch.zeros(0, dtype=torch.int64, device=self.device)
+
     def __iter__(self):
         skipped = batches = 0
         for i, (images, labels, bad) in enumerate(self._loader, start=self.start_batch):
@@ -455,7 +460,11 @@ class ImageFolderLoader(EpochLoader):
                 message = f"skipped unreadable image {item.path}: {item.reason}"
                 warnings.warn(message, UnreadableImageWarning, stacklevel=2)
             skipped += len(bad)
-            if images is None:
+            if images is None:  # every image of the batch unreadable
+                if self.sampler.train and self.sampler.world_size > 1:
+                    # Under DDP every rank must take each step with the others: an empty batch
+                    # (the training loop steps on it with zero gradients) instead of none.
+                    yield self._empty_batch()
                 continue
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)

@@ -5,7 +5,8 @@ dicts, so ``torch.load(weights_only=True)`` reads all of it:
 
     model, optimizer, schedule, scaler      state_dicts (the unwrapped model's: no prefixes)
     epoch, step                             completed epochs and optimizer steps
-    rng                                     torch (CPU and CUDA) and Python random states
+    rng, rng_per_rank                       torch (CPU and this rank's CUDA device) and Python random
+                                            states: rank 0's, and every rank's in rank order
     config                                  the resolved TrainConfig as a dict
     model_args                              name and keyword arguments for create_model
     class_names, preprocess                 what inference needs
@@ -28,6 +29,7 @@ import torch.nn as nn
 
 from ..errors import AlexNetError
 from ..models import create_model
+from .optim import LRSchedule, adopt_update
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -139,6 +141,19 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state)
 
 
+def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                     scaler: torch.amp.GradScaler, source: str) -> None:  # fmt: skip
+    """Model, optimizer, schedule and loss scaler as the checkpoint left them, on the model's device.
+
+    The checkpoint is read onto the CPU whatever device wrote it; the optimizer's state follows
+    its parameters to their device, and keeps this optimizer's update (fused or not).
+    """
+    load_model_state(model, model_state(ckpt, source), source)
+    optimizer.load_state_dict(adopt_update(ckpt["optimizer"], optimizer))
+    schedule.load_state_dict(ckpt["schedule"])
+    scaler.load_state_dict(ckpt["scaler"])
+
+
 def build_model(ckpt: dict[str, Any], path: str | os.PathLike) -> nn.Module:
     args = ckpt.get("model_args")
     if not isinstance(args, dict) or "name" not in args:
@@ -160,18 +175,39 @@ def load_for_inference(path: str | os.PathLike, map_location: str | torch.device
     return model, class_names, preprocess
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's random state: torch's CPU generator, Python's, and the generator of
+    ``device`` when it is a CUDA device (the one this rank trains on)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what ``rng_state`` saved. A CUDA state is restored only onto a CUDA device; one
+    saved by an older version as a list (every device's) gives this device's entry."""
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if index >= len(cuda):
+                return
+            cuda = cuda[index]
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] | None:
+    """This rank's saved random state, or None where the checkpoint has none for it (another
+    world size, or an older checkpoint that kept rank 0's alone under DDP)."""
+    per_rank = ckpt.get("rng_per_rank")
+    if isinstance(per_rank, list) and len(per_rank) == world_size:
+        return per_rank[rank]
+    if world_size == 1 and isinstance(ckpt.get("rng"), dict):
+        return ckpt["rng"]
+    return None
 
 
 def _as_tuple(x):

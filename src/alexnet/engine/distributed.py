@@ -11,21 +11,38 @@ import torch
 import torch.distributed as dist
 
 
+_owned = False  # whether init_distributed created the process group (and cleanup may destroy it)
+
+
+def launched_by_torchrun() -> tuple[int, int, int, int] | None:
+    """(rank, world size, local rank, processes on this machine) from torchrun's environment,
+    None for a plain process."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world_size = int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)), local
+
+
 def init_distributed(device: torch.device) -> tuple[int, int, int]:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK).
 
     nccl on CUDA, gloo otherwise. Returns (rank, world_size, local_rank); (0, 1, 0)
     when not launched by torchrun.
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+    launched = launched_by_torchrun()
+    if launched is None:
         return 0, 1, 0
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world_size, local_rank, _ = launched
     if not dist.is_initialized():
+        global _owned
+        _owned = True
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend=backend, device_id=device)  # binds the rank to its GPU
+        else:
+            dist.init_process_group(backend=backend)
     return rank, world_size, local_rank
 
 
@@ -52,6 +69,30 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """The largest value over ranks, in place, and return it."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def agree_max(value: int, device: torch.device) -> int:
+    """The largest of every rank's ``value`` (a host integer), on every rank: a collective."""
+    if not is_distributed():
+        return value
+    t = torch.full((1,), value, dtype=torch.int64, device=device)
+    return int(all_reduce_max(t).item())
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's value of a picklable object, in rank order, on every rank: a collective."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj):
     """Rank 0's value of a picklable object, on every rank."""
     if not is_distributed():
@@ -67,8 +108,11 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    if is_distributed():
+    """Leave the process group, if ``init_distributed`` made it (a caller's own group stays)."""
+    global _owned
+    if is_distributed() and _owned:
         dist.destroy_process_group()
+        _owned = False
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -21,14 +21,18 @@ import torch.nn as nn
 from .. import plots
 from ..config import TrainConfig
 from ..data import DataConfig, DatasetInfo, build_loaders
+from ..data.sampling import mix_seed
 from ..errors import AlexNetError
 from ..models import create_model, model_info
 from . import distributed as dist
 from .cpu import has_fast_bfloat16, keep_freed_memory, subnormals_flushed
 from .budget import plan_epochs
-from .checkpoint import load_model_state, model_state, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    load_model_state, model_state, rank_rng_state, read_checkpoint, restore_training, rng_state, save_checkpoint,
+    set_rng_state,
+)  # fmt: skip
 from .evaluate import evaluate
-from .optim import LRSchedule, adopt_update, create_optimizer
+from .optim import LRSchedule, create_optimizer
 from .signals import StopRequest
 from .train import NonFiniteLoss, StepOptions, train_one_epoch
 
@@ -45,21 +49,40 @@ class TrainingStopped(AlexNetError):
         self.exit_code = exit_code
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, *, local_rank: int | None = None, local_world_size: int = 1) -> torch.device:
+    """The device ``--device`` names, checked: a one-line error where it is not there.
+
+    Under torchrun (``local_rank`` given) each process takes the GPU of its local rank, so
+    CUDA needs as many GPUs as processes on this machine.
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AlexNetError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AlexNetError("--device cuda was asked for, but no CUDA device is available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise AlexNetError("--device mps was asked for, but MPS is not available")
+            device = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise AlexNetError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AlexNetError(f"--device {name} was asked for, but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if local_rank is not None:
+            if local_world_size > count:
+                raise AlexNetError(f"torchrun started {local_world_size} processes on this machine but it has {count} "
+                                   f"GPU{'s' if count != 1 else ''}; use --nproc_per_node={count} or fewer")  # fmt: skip
+            device = torch.device("cuda", local_rank)
+        elif device.index is not None and device.index >= count:
+            raise AlexNetError(f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} "
+                               f"(cuda:0 to cuda:{count - 1})")  # fmt: skip
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise AlexNetError(f"--device {name} was asked for, but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise AlexNetError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -238,15 +261,15 @@ def log(msg: str) -> None:
 def fit(cfg: TrainConfig) -> dict:
     """Train and evaluate as ``cfg`` says; returns the final evaluation and the run directory."""
     started = time.perf_counter()
-    device = select_device(cfg.device)
+    launched = dist.launched_by_torchrun()
+    device = select_device(cfg.device, local_rank=launched[2] if launched else None,
+                           local_world_size=launched[3] if launched else 1)  # fmt: skip
     with subnormals_flushed(device.type == "cpu"):  # first: the intra-op threads started later inherit it
         return _fit(cfg, started, device)
 
 
 def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
     rank, world_size, local_rank = dist.init_distributed(device)
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", local_rank)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu":
@@ -308,6 +331,7 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         max_steps=cfg.max_steps,
         sync_every=1 if device.type == "cpu" else 20,
         save_every=cfg.save_every,
+        agree=dist.is_distributed(),  # under torchrun: every rank takes each step's decisions with the others
     )
     budget = None
     if cfg.time_budget > 0 and resume_ckpt is None:
@@ -339,23 +363,26 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
 
     start_epoch, step, best_top1, nonfinite_skipped = 0, 0, -1.0, 0
     if resume_ckpt is not None:
-        load_model_state(model, model_state(resume_ckpt, cfg.resume), str(cfg.resume))
-        optimizer.load_state_dict(adopt_update(resume_ckpt["optimizer"], optimizer))
-        schedule.load_state_dict(resume_ckpt["schedule"])
+        restore_training(resume_ckpt, model, optimizer, schedule, scaler, str(cfg.resume))
         stored_lr = float(resume_ckpt.get("config", {}).get("lr", cfg.lr))
         if cfg.lr != stored_lr:  # --lr given with --resume: the schedule goes on from the new peak
             schedule.base_lrs = [b * cfg.lr / stored_lr for b in schedule.base_lrs]
-        scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch, step = int(resume_ckpt["epoch"]), int(resume_ckpt["step"])
         best_top1 = float(resume_ckpt.get("best_top1", -1.0))
         nonfinite_skipped = int(resume_ckpt.get("nonfinite_skipped", 0))
-        set_rng_state(resume_ckpt["rng"])
+        saved_rng = rank_rng_state(resume_ckpt, rank, world_size)
+        if saved_rng is not None:
+            set_rng_state(saved_rng, device)
+        else:  # saved with another world size: each rank draws anew, from its own seed, rank and step
+            seed_everything(mix_seed(cfg.seed, rank, step), cfg.deterministic)
+            log(f"--resume: the checkpoint has no random state for {world_size} process{'es' if world_size > 1 else ''}; "
+                "each draws dropout masks anew from the seed, its rank and the step")  # fmt: skip
 
     net: nn.Module = model
-    if cfg.compile:
-        net = torch.compile(net)
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # DDP first: compiled around it, its buckets split the graph (DDPOptimizer)
+        net = torch.compile(net)
 
     run = RunDirectory(Path(cfg.resume or cfg.out or default_run_dir(cfg)), enabled=dist.is_main_process())
     extra = {"resolved": {"device": str(device), "world_size": world_size, "global_batch": global_batch, "lr": lr,
@@ -370,13 +397,17 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
     )
 
     def checkpoint(epoch: int, metrics_row: dict | None, unfinished: dict | None = None, *, at_step: int | None = None,
-                   skipped_now: int = 0) -> dict:  # fmt: skip
-        """``epoch`` completed epochs; ``unfinished``: the train metrics of an epoch cut short.
+                   skipped_now: int = 0) -> dict | None:  # fmt: skip
+        """What rank 0 saves (None on the other ranks); a collective: every rank calls it.
 
+        ``epoch`` completed epochs; ``unfinished``: the train metrics of an epoch cut short.
         Mid-epoch saves pass the step reached (``at_step``) and the bad batches skipped so far
         in this epoch (``skipped_now``), which fit has not counted yet.
         """
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        every_rng = dist.all_gather_object(rng_state(device))  # each rank draws its own dropout masks
+        if not dist.is_main_process():
+            return None
+        if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
             # Never replace a good checkpoint with broken weights.
             raise NonFiniteLoss(f"the weights became NaN or infinite by step {step}; the last good checkpoint is kept; "
                                 "try a lower --lr or --clip-grad 1.0")  # fmt: skip
@@ -387,7 +418,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step": step if at_step is None else at_step,
-            "rng": rng_state(),
+            "rng": every_rng[0],
+            "rng_per_rank": every_rng,
             "config": cfg.to_dict(),
             "model_args": model_args,
             "class_names": list(info.class_names),
@@ -403,8 +435,10 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
     epoch, stopped_by = start_epoch, None
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.epochs):
-            if stop.requested:  # it came during the last step or the evaluation of the previous epoch
-                stopped_by = stop.signal_name
+            # A signal that came during the last step or the evaluation, on any rank: all stop here.
+            signum = dist.agree_max(stop.signum, device)
+            if signum:
+                stopped_by = signal.Signals(signum).name
                 break
             if opts.max_steps is not None and step >= opts.max_steps:
                 break
@@ -414,9 +448,9 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             opts.skip_nonfinite = cfg.skip_nonfinite - nonfinite_skipped
 
             def save_mid_epoch(unfinished: dict, epoch: int = epoch) -> None:
-                if dist.is_main_process():
-                    state = checkpoint(epoch, None, unfinished, at_step=unfinished["step"],
-                                       skipped_now=unfinished["nonfinite_skipped"])  # fmt: skip
+                state = checkpoint(epoch, None, unfinished, at_step=unfinished["step"],
+                                   skipped_now=unfinished["nonfinite_skipped"])  # fmt: skip
+                if state is not None:
                     save_checkpoint(state, run.ckpt_dir / "last.pt")
 
             t0 = time.perf_counter()
@@ -427,11 +461,14 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 save=save_mid_epoch,
             )  # fmt: skip
             nonfinite_skipped += train_metrics["nonfinite_skipped"]
-            if stop.requested and not train_metrics["complete"]:
+            signum = train_metrics["signal"]
+            if signum and not train_metrics["complete"]:
                 # No evaluation: the user asked to stop; save exactly where the epoch stands.
-                stopped_by = stop.signal_name
-                if dist.is_main_process():
-                    save_checkpoint(checkpoint(epoch, None, train_metrics), run.ckpt_dir / "last.pt")
+                stopped_by = signal.Signals(signum).name
+                state = checkpoint(epoch, None, train_metrics)
+                if state is not None:
+                    save_checkpoint(state, run.ckpt_dir / "last.pt")
+                dist.barrier()  # no rank leaves before the checkpoint is on disk (torchrun would stop rank 0)
                 break
             train_metrics = reduce_train_metrics(train_metrics, device)
             result = evaluate(
@@ -454,9 +491,9 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             improved = result["top1"] > best_top1
             best_top1 = max(best_top1, result["top1"])
             run.append_metrics(row, keep_epochs=epoch + 1)
-            if dist.is_main_process():
-                done = train_metrics["complete"]
-                state = checkpoint(epoch + 1 if done else epoch, row, None if done else train_metrics)
+            done = train_metrics["complete"]
+            state = checkpoint(epoch + 1 if done else epoch, row, None if done else train_metrics)
+            if state is not None:
                 save_checkpoint(state, run.ckpt_dir / "last.pt")
                 if improved:
                     save_checkpoint(state, run.ckpt_dir / "best.pt")
