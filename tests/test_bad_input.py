@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -254,3 +255,66 @@ def test_a_torchscript_export_is_not_taken_for_a_checkpoint(checkpoint, tmp_path
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(exported)]) == 0
     capsys.readouterr()
     fails_with(["eval", "--checkpoint", exported], capsys, "is a TorchScript export (alexnet export), not a training checkpoint")
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda(fmnist, tmp_path, capsys):
+    fails_with(["train", "--data-dir", fmnist, "--out", tmp_path / "run", *FAST, "--device", "cuda"], capsys,
+               "--device cuda was asked for, but no CUDA device is available")  # fmt: skip
+    fails_with(["eval", "--checkpoint", tmp_path / "none.pt", "--device", "cuda"], capsys, "checkpoint not found")
+
+
+@pytest.mark.skipif(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                    reason="this machine has MPS")  # fmt: skip
+def test_mps_asked_for_without_mps(fmnist, tmp_path, capsys):
+    fails_with(["train", "--data-dir", fmnist, "--out", tmp_path / "run", *FAST, "--device", "mps"], capsys,
+               "--device mps was asked for, but MPS is not available")  # fmt: skip
+
+
+def pretend_gpus(monkeypatch, count: int) -> None:
+    """CUDA with ``count`` devices, as far as choosing a device goes (nothing runs on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_a_gpu_that_is_not_there(fmnist, tmp_path, capsys, monkeypatch):
+    pretend_gpus(monkeypatch, 2)
+    fails_with(["train", "--data-dir", fmnist, "--out", tmp_path / "run", *FAST, "--device", "cuda:2"], capsys,
+               "--device cuda:2: this machine has 2 GPUs (cuda:0 to cuda:1)")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_with_more_processes_than_gpus(fmnist, tmp_path, capsys, monkeypatch):
+    """What each of the processes torchrun starts sees (its environment), on a machine with 1 GPU:
+    one line, before it joins the process group (which would wait for the others)."""
+    pretend_gpus(monkeypatch, 1)
+    for name, value in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    fails_with(["train", "--data-dir", fmnist, "--out", tmp_path / "run", *FAST, "--device", "cuda"], capsys,
+               "torchrun started 2 processes on this machine but it has 1 GPU; use --nproc_per_node=1 or fewer")  # fmt: skip
+
+
+def test_a_checkpoint_written_on_a_gpu_works_on_a_machine_without_one(fmnist, tmp_path, capsys, monkeypatch):
+    """A checkpoint whose tensors are recorded as CUDA ones (as one saved on a GPU is): plain
+    torch.load refuses it here, and every command that reads checkpoints takes it onto the CPU."""
+    run = tmp_path / "run"
+    assert main(["train", "--data-dir", str(fmnist), "--out", str(run), *FAST]) == 0
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    image = tmp_path / "shirt.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    for args in (["eval", "--checkpoint", path, "--data-dir", fmnist, "--device", "cpu"],
+                 ["predict", "--checkpoint", path, image],
+                 ["export", "--checkpoint", path, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+                 ["train", "--resume", run, "--max-steps", "2", "--device", "cpu"]):  # fmt: skip
+        assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    assert read_checkpoint(path)["step"] == 2

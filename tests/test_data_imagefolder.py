@@ -71,6 +71,23 @@ def test_corrupt_file_is_skipped_named_and_counted(tree, workers):
     assert sorted(batches[0][1].tolist()) == [0] * 4 + [1] * 3 + [2] * 3
 
 
+def test_an_unreadable_batch_is_an_empty_one_under_ddp(tree):
+    """Batch size 1, so one batch holds broken.jpg alone. One process skips it; each of 2 ranks
+    yields all its batches (an empty one in its place), so neither waits for the other."""
+    one, _, _ = folder_loaders(tree, batch_size=1, seed=2)
+    batches, _ = collect(one)
+    assert len(one) == 11 and len(batches) == 10 and min(x.shape[0] for x, _ in batches) == 1
+    empties = 0
+    for rank in (0, 1):
+        train, _, _ = folder_loaders(tree, batch_size=1, seed=2, rank=rank, world_size=2)
+        batches, _ = collect(train)
+        assert len(batches) == len(train) == 6
+        empty = [(x, y) for x, y in batches if x.shape[0] == 0]
+        assert all(x.shape == (0, 3, 32, 32) and y.shape == (0,) for x, y in empty)
+        empties += len(empty)
+    assert empties == 1
+
+
 def test_workers_do_not_change_the_batches(tree):
     a, _, _ = folder_loaders(tree, workers=0, seed=9)
     b, _, _ = folder_loaders(tree, workers=2, seed=9)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,21 @@ import torch
 
 from alexnet.engine.checkpoint import read_checkpoint
 
+from kill_harness import temp_checkpoints
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
+AGREE_WORKER = Path(__file__).with_name("ddp_agree_worker.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+# A stopped run must end this soon after its signal: the next step, a checkpoint, the exit.
+STOP_WITHIN_S = 60
+
+
+def torchrun_command(nproc: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
 
 
 def torchrun(nproc: int, *args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, timeout=timeout, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -51,25 +61,128 @@ def test_evaluation_counts_every_sample_once(two_ranks_and_one):
     assert r0["confusion"] == r1["confusion"]
 
 
-def test_cli_under_torchrun_writes_one_run_directory(tmp_path):
+def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the training processes torchrun started (its children with RANK set)."""
+    pids = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+        if ppid == launcher.pid and rank is not None:
+            pids[rank] = int(entry.name)
+    return pids
+
+
+def train_and_signal(run: Path, args: list[str], target: str) -> tuple[str, str, float]:
+    """torchrun 2 processes of ``args``; once a mid-epoch checkpoint is being written, SIGTERM
+    ``target``: "torchrun" (which forwards it to every worker) or "rank1" alone. Returns the
+    launcher's stdout and stderr and the seconds from the signal to the last process's exit."""
+    launcher = subprocess.Popen(torchrun_command(2, *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while launcher.poll() is None and not temp_checkpoints(run / "checkpoints") and time.monotonic() < deadline:
+        time.sleep(0.002)
+    workers = worker_pids(launcher)
+    assert launcher.poll() is None and sorted(workers) == [0, 1], "the run ended before it could be stopped"
+    signalled = time.monotonic()
+    os.kill(launcher.pid if target == "torchrun" else workers[1], signal.SIGTERM)
+    out, err = launcher.communicate(timeout=300)
+    for pid in workers.values():  # every worker is gone, not left waiting in an all-reduce
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    return out, err, time.monotonic() - signalled
+
+
+def test_cli_under_torchrun_stops_on_sigterm_to_all_or_one_and_resumes(tmp_path):
+    """torchrun forwards SIGTERM to every worker; a single rank can get one alone. Either way
+    every process stops at the same step, rank 0 saves where they are, and the run resumes:
+    in one process, and under torchrun again."""
     out = tmp_path / "run"
-    done = torchrun(2, "-m", "alexnet", "train", "--dataset", "synthetic", "--subset", "64", "--model", "alexnet_owt",
-                    "--image-size", "63", "--batch-size", "8", "--epochs", "1", "--no-progress", "--out", out,
-                    "--lr", "0.01", "--init", "torch")  # fmt: skip
-    assert done.stdout.count("test accuracy:") == 1  # only rank 0 speaks
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    args = ["-m", "alexnet", "train", "--dataset", "synthetic", "--subset", "96", "--model", "alexnet_owt",
+            "--image-size", "63", "--batch-size", "8", "--epochs", "2", "--no-progress", "--out", out, "--lr", "0.01",
+            "--init", "torch", "--save-every", "2", "--workers", "0"]  # fmt: skip
+    _, err, took = train_and_signal(out, args, "torchrun")
+    assert took < STOP_WITHIN_S, err[-3000:]
+    assert err.count("alexnet train: stopped by SIGTERM") == 2, err[-3000:]  # both ranks, one line each
+    ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert 0 < ckpt["batch_in_epoch"] < 6 and len(ckpt["rng_per_rank"]) == 2, ckpt["batch_in_epoch"]
+    assert not any(k.startswith("module.") for k in ckpt["model"])
     assert len(list(tmp_path.iterdir())) == 1
     config = json.loads((out / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2 and config["resolved"]["global_batch"] == 16
-    ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
-    assert not any(k.startswith("module.") for k in ckpt["model"])
-    # A DDP checkpoint resumes in a single process.
-    resumed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", str(out), "--epochs", "2", "--no-progress"],
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    # The DDP checkpoint resumes in a single process (with rank 0's random state).
+    resumed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", str(out), "--epochs", "2",
+                              "--no-progress"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("test accuracy:") == 1
     assert read_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
-    # ... and a single-process checkpoint resumes under DDP.
-    torchrun(2, "-m", "alexnet", "train", "--resume", out, "--epochs", "3", "--no-progress")
+
+    # ... and the single-process checkpoint resumes under DDP, each rank drawing anew (one state
+    # saved, two ranks); stopped by SIGTERM to rank 1 alone.
+    said, err, took = train_and_signal(out, ["-m", "alexnet", "train", "--resume", out, "--epochs", "4"], "rank1")
+    assert "no random state for 2 processes" in said
+    assert took < STOP_WITHIN_S, err[-3000:]
+    assert err.count("alexnet train: stopped by SIGTERM") == 2, err[-3000:]
+    stopped = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert stopped["epoch"] == 2 and stopped["batch_in_epoch"] > 0
+    done = torchrun(2, "-m", "alexnet", "train", "--resume", out, "--no-progress")
+    assert done.stdout.count("test accuracy:") == 1  # only rank 0 speaks
     final = read_checkpoint(out / "checkpoints" / "last.pt")
-    assert final["epoch"] == 3 and final["config"]["epochs"] == 3
-    assert [r.split(",")[0] for r in (out / "metrics.csv").read_text().split()[1:]] == ["1", "2", "3"]
+    assert final["epoch"] == 4 and final["config"]["epochs"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert [r.split(",")[0] for r in (out / "metrics.csv").read_text().split()[1:]] == ["1", "2", "3", "4"]
+
+
+@pytest.fixture(scope="module")
+def agreed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("agree")
+    torchrun(2, AGREE_WORKER, out, timeout=600)  # a scenario that hangs fails here
+
+    def read(name: str) -> list[dict]:
+        return [json.loads((out / f"{name}.rank{r}.json").read_text()) for r in (0, 1)]
+
+    return read
+
+
+def test_a_nan_on_one_rank_is_skipped_on_both(agreed):
+    r0, r1 = agreed("nan-skip")
+    assert r0["code"] == r1["code"] == 0, (r0, r1)
+    # Rank 0's weights took rank 1's NaN gradients in the all-reduce: only skipping there too keeps them finite.
+    assert r0["finite"] and r0["step"] == 8 and r0["nonfinite_skipped"] == 1
+
+
+def test_a_nan_on_one_rank_stops_both_at_its_step(agreed):
+    r0, r1 = agreed("nan-stop")
+    assert r0["code"] == r1["code"] == 2, (r0, r1)
+    assert "loss became nan at step 3" in r1["last_line"]
+    assert "loss became non-finite on another rank at step 3" in r0["last_line"]
+    assert r0["step"] == 2 and r0["finite"]  # --save-every 1: the checkpoint of the last good step
+
+
+def test_an_empty_batch_on_one_rank_keeps_the_ranks_in_step(agreed):
+    r0, r1 = agreed("empty")
+    assert r0["code"] == r1["code"] == 0 and r0["step"] == 8 and r0["finite"], (r0, r1)
+
+
+def test_a_signal_to_one_rank_stops_both_and_the_resumed_run_equals_one_never_stopped(agreed):
+    stopped, resumed, whole = agreed("sigterm"), agreed("resumed"), agreed("whole")
+    assert [r["code"] for r in stopped] == [128 + signal.SIGTERM] * 2, stopped
+    assert stopped[0]["step"] == 6 and stopped[0]["batch_in_epoch"] == 2 and stopped[0]["rng_per_rank"] == 2
+    assert resumed[0]["code"] == 0 and resumed[0]["step"] == whole[0]["step"] == 8
+    # Deterministic, with dropout: each rank resumed with its own random state, not rank 0's.
+    assert resumed[0]["weights"] == whole[0]["weights"]
+
+
+def test_each_rank_draws_its_own_dropout_masks_after_a_resume(agreed):
+    assert agreed("masks") == [{"equal": False}, {"equal": False}]
+
+
+def test_the_budgets_plan_is_rank_0s_on_every_rank(agreed):
+    r0, r1 = agreed("budget")
+    # Rank 1 measured steps 100x slower; alone it would plan fewer steps and leave rank 0 waiting.
+    assert r0["code"] == r1["code"] == 0 and r0["step"] == 12, (r0, r1)

@@ -1,0 +1,142 @@
+"""Launched by torchrun from test_distributed.py: the decisions a rank could take alone, made on one rank.
+
+    torchrun --nproc_per_node=2 tests/ddp_agree_worker.py OUT_DIR
+
+Each scenario runs ``alexnet train`` in this process (the real ``fit``) with the train loader
+wrapped so that on rank 1 only, at a given step, a batch's loss becomes NaN, the rank is sent
+SIGTERM, or its batch arrives empty (every image unreadable); or with the time budget measuring
+a different speed on each rank. Every rank writes what it saw to OUT_DIR/<scenario>.rank<r>.json,
+for the test to compare; a scenario that hung would never write it.
+"""
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from alexnet.cli import main
+from alexnet.engine import budget
+from alexnet.engine import distributed as dist
+from alexnet.engine.checkpoint import rank_rng_state, read_checkpoint, set_rng_state
+
+fit_module = importlib.import_module("alexnet.engine.fit")  # the module; alexnet.engine.fit is the function
+RANK = int(os.environ["RANK"])
+STEPS_PER_EPOCH = 4  # 64 images, 2 ranks, batch 8
+real_build_loaders = fit_module.build_loaders
+
+
+class OnRank1:
+    """The train loader, doing ``action`` to rank 1's batch at global step ``at``."""
+
+    def __init__(self, loader, action: str, at: int):
+        self.loader, self.action, self.at = loader, action, at
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.loader.set_epoch(epoch, start_batch)
+
+    def __iter__(self):
+        for i, (images, labels) in enumerate(self.loader, start=self.loader.start_batch):
+            if RANK == 1 and self.loader.epoch * len(self.loader) + i == self.at:
+                if self.action == "nan":
+                    images = images.clone()
+                    images[0] = float("nan")
+                elif self.action == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)  # the handler fit installed sets the stop flag
+                elif self.action == "empty":
+                    images, labels = images[:0], labels[:0]
+            yield images, labels
+
+
+def wrap_loaders(action: str, at: int):
+    def build(*args, **kwargs):
+        train, val, info = real_build_loaders(*args, **kwargs)
+        return OnRank1(train, action, at), val, info
+
+    fit_module.build_loaders = build
+
+
+def train(out: Path, *extra: str) -> tuple[int, str]:
+    """``alexnet train`` in this process: (exit code, its stderr)."""
+    args = ["train", "--dataset", "synthetic", "--subset", "64", "--model", "alexnet_owt", "--image-size", "63",
+            "--batch-size", "8", "--epochs", "2", "--optimizer", "sgd", "--lr", "0.01", "--init", "torch",
+            "--dropout", "0.5", "--scheduler", "cosine", "--seed", "3", "--deterministic", "--no-progress",
+            "--workers", "0", "--device", "cpu", "--out", str(out), *extra]  # fmt: skip
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, err.getvalue()
+
+
+def report(out: Path, name: str, code: int, err: str, run: Path) -> None:
+    dist.barrier()  # rank 0 has written the run before anyone reads it
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt") if (run / "checkpoints" / "last.pt").is_file() else {}
+    weights = ckpt.get("model", {})
+    (out / f"{name}.rank{RANK}.json").write_text(json.dumps({
+        "code": code,
+        "last_line": err.strip().splitlines()[-1] if err.strip() else "",
+        "step": ckpt.get("step"),
+        "batch_in_epoch": ckpt.get("batch_in_epoch"),
+        "nonfinite_skipped": ckpt.get("nonfinite_skipped"),
+        "finite": all(bool(torch.isfinite(v).all()) for v in weights.values()),
+        "weights": {k: v.double().sum().item() for k, v in weights.items()},
+        "rng_per_rank": len(ckpt.get("rng_per_rank") or []),
+    }))  # fmt: skip
+    dist.barrier()  # and nobody starts the next run while another reads this one
+
+
+def dropout_masks_after_resume(out: Path, run: Path) -> None:
+    """Each rank restores its own saved state and draws a dropout mask, as the resumed run would."""
+    ckpt = read_checkpoint(run / "checkpoints" / "last.pt")
+    set_rng_state(rank_rng_state(ckpt, RANK, 2), torch.device("cpu"))
+    mask = torch.nn.functional.dropout(torch.ones(4096), 0.5)
+    masks = dist.all_gather_object(mask)
+    (out / f"masks.rank{RANK}.json").write_text(json.dumps({"equal": torch.equal(masks[0], masks[1])}))
+
+
+def main_scenarios(out: Path) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")  # fit joins this group instead of making its own
+
+    wrap_loaders("nan", at=2)
+    report(out, "nan-skip", *train(out / "nan-skip", "--skip-nonfinite", "1"), out / "nan-skip")
+    report(out, "nan-stop", *train(out / "nan-stop", "--save-every", "1"), out / "nan-stop")
+
+    wrap_loaders("empty", at=5)
+    report(out, "empty", *train(out / "empty"), out / "empty")
+
+    wrap_loaders("none", at=-1)
+    report(out, "whole", *train(out / "whole"), out / "whole")
+    wrap_loaders("sigterm", at=5)
+    report(out, "sigterm", *train(out / "stopped"), out / "stopped")
+    dropout_masks_after_resume(out, out / "stopped")
+    wrap_loaders("none", at=-1)
+    code, err = main_resume(out / "stopped")
+    report(out, "resumed", code, err, out / "stopped")
+
+    # The time budget: each rank measures another speed; rank 0's plan holds on both.
+    speeds = {0: 0.05, 1: 5.0}
+    budget.measure_speed = lambda *a, **k: budget.Speed(step_s=speeds[RANK], eval_batch_s=0.01)
+    report(out, "budget", *train(out / "budget", "--time-budget", "1", "--epochs", "3"), out / "budget")
+
+
+def main_resume(run: Path) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--resume", str(run), "--no-progress"])
+    return code, err.getvalue()
+
+
+if __name__ == "__main__":
+    main_scenarios(Path(sys.argv[1]))
