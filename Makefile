@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: train test test-all data browser clean
+.PHONY: train test test-all gpu-check data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: $(STAMP) data browser
 
 test-all: $(STAMP) data browser
 	$(BIN)/python -m pytest -q -m ''
+
+# On a machine with a GPU: every device path for real, then a throughput table (benchmarks/gpu_check.py).
+# GPU_PYTHON=python3 runs it with a Python whose torch already has CUDA, without .venv.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),$(STAMP))
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -17,6 +17,11 @@ workers' own memory is not included); on CUDA, ``torch.cuda.max_memory_allocated
 
     alexnet bench --model alexnet_paper --image-size 227 --batch-size 128
     python benchmarks/throughput.py ...        (the same)
+
+``--only ours --data synthetic`` times this package's pipeline alone on generated images of
+any channel and class count (ImageNet's shape: ``--in-channels 3 --num-classes 1000``), where
+Fashion-MNIST is not at hand or the tutorial pipeline is beside the point (a GPU's throughput:
+``make gpu-check``); ``--compile`` wraps our model in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -229,7 +234,15 @@ def parse_args(argv=None, parser: argparse.ArgumentParser | None = None) -> argp
     p.add_argument("--steps", type=int, default=3, help="timed training steps per phase")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual pipeline")
     p.add_argument("--amp", action="store_true", help="ours with bfloat16 autocast (CPU) / mixed precision (CUDA)")
+    p.add_argument("--compile", action="store_true", help="ours with torch.compile")
+    p.add_argument("--only", choices=("both", "ours"), default="both", help="ours: time this package's pipeline alone")
+    p.add_argument("--data", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
+                   help="synthetic: generated images (with --only ours)")
+    p.add_argument("--in-channels", type=int, default=None, help="default: 1 for Fashion-MNIST, 3 for synthetic")
+    p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--infer-iters", type=int, default=3, help="timed batches per inference measurement")
+    p.add_argument("--infer-batch-sizes", type=int, nargs="+", default=None, metavar="B",
+                   help="inference batch sizes to time (default: 1 and --batch-size); each is its own compilation with --compile")
     p.add_argument("--no-keep-memory", action="store_true", help="leave glibc's malloc as it is (see engine/cpu.py)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     return p.parse_args(argv) if parser is None else p
@@ -240,9 +253,15 @@ def build(args: argparse.Namespace, device: torch.device, which: tuple[str, ...]
     from torchvision import transforms
 
     torch.manual_seed(0)
-    base = create_model(args.model, num_classes=10, in_channels=1, init="torch")
+    channels = in_channels(args)
+    base = create_model(args.model, num_classes=args.num_classes, in_channels=channels, init="torch")
     sgd = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
-    data_cfg = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, image_size=args.image_size, download=False)
+    if args.data == "synthetic":  # enough images for every timed step, the warm-up's and the rounds'
+        n = args.batch_size * (args.steps + 1) * 2
+        data_cfg = DataConfig(dataset="synthetic", image_size=args.image_size, in_channels=channels, synthetic_train=n,
+                              synthetic_val=args.batch_size, synthetic_classes=args.num_classes)  # fmt: skip
+    else:
+        data_cfg = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, image_size=args.image_size, download=False)
     pipelines = {}
     if "usual" in which:
         model = with_torch_lrn(base).to(device)
@@ -258,11 +277,16 @@ def build(args: argparse.Namespace, device: torch.device, which: tuple[str, ...]
     if "ours" in which:
         model = base.to(device).to(memory_format=torch.channels_last)
         loader, _, _ = build_loaders(data_cfg, device=device, batch_size=args.batch_size)
-        pipelines["ours"] = (model, create_optimizer(model.parameters(), "sgd", **sgd), loader)
+        optimizer = create_optimizer(model.parameters(), "sgd", **sgd)
+        pipelines["ours"] = (torch.compile(model) if args.compile else model, optimizer, loader)
     del base
     autocast, scaler = amp_context(device, args.amp)
     opts = StepOptions(autocast=autocast, scaler=scaler, channels_last=True, sync_every=1 if device.type == "cpu" else 20)
     return pipelines, opts, autocast
+
+
+def in_channels(args: argparse.Namespace) -> int:
+    return args.in_channels or (3 if args.data == "synthetic" else 1)
 
 
 def _peak_rss_child(kind: str, args: argparse.Namespace) -> int:
@@ -305,41 +329,44 @@ def run(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.benchmark = True
     elif not args.no_keep_memory:
         keep_freed_memory()  # process-wide: the usual pipeline, in the same process, gains from it too
-    if args.batch_size < 1 or args.rounds < 1 or args.steps < 1:
-        raise AlexNetError("--batch-size, --rounds and --steps must be positive")
-    pipelines, opts, autocast = build(args, device)
-    (usual_model, usual_opt, usual_loader), (our_model, our_opt, our_loader) = pipelines["usual"], pipelines["ours"]
+    if min(args.batch_size, args.rounds, args.steps, args.num_classes, *(args.infer_batch_sizes or [1])) < 1:
+        raise AlexNetError("--batch-size, --rounds, --steps, --num-classes and --infer-batch-sizes must be positive")
+    if args.data == "synthetic" and args.only != "ours":
+        raise AlexNetError("--data synthetic times our pipeline alone: add --only ours")
+    kinds = ("ours",) if args.only == "ours" else ("usual", "ours")
+    pipelines, opts, autocast = build(args, device, which=kinds)
+    phases = {"usual": lambda steps, r: usual_train_phase(*pipelines["usual"], steps, device),
+              "ours": lambda steps, r: our_train_phase(*pipelines["ours"], steps, r, device, opts)}  # fmt: skip
 
-    # Warm-up: one short phase each (allocator, oneDNN primitive caches, worker start-up).
-    usual_train_phase(usual_model, usual_opt, usual_loader, 1, device)
-    our_train_phase(our_model, our_opt, our_loader, 1, 0, device, opts)
-    rows: dict[str, list] = {"usual_train": [], "ours_train": [], "usual_mem": [], "ours_mem": []}
+    # Warm-up: one short phase each (allocator, oneDNN primitive caches, worker start-up, compilation).
+    for kind in kinds:
+        phases[kind](1, 0)
+    rows: dict[str, list] = {f"{k}_{m}": [] for k in kinds for m in ("train", "mem")}
     for r in range(args.rounds):
-        rate, mem = usual_train_phase(usual_model, usual_opt, usual_loader, args.steps, device)
-        rows["usual_train"].append(rate)
-        rows["usual_mem"].append(mem)
-        rate, mem = our_train_phase(our_model, our_opt, our_loader, args.steps, r + 1, device, opts)
-        rows["ours_train"].append(rate)
-        rows["ours_mem"].append(mem)
-        print(f"round {r + 1}/{args.rounds}: usual {rows['usual_train'][-1]:.1f} img/s, ours {rows['ours_train'][-1]:.1f} img/s",
-              flush=True)  # fmt: skip
+        for kind in kinds:
+            rate, mem = phases[kind](args.steps, r + 1)
+            rows[f"{kind}_train"].append(rate)
+            rows[f"{kind}_mem"].append(mem)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {rows[f'{k}_train'][-1]:.1f} img/s" for k in kinds), flush=True)
 
     infer = {}
-    for batch in (1, args.batch_size):
-        x = torch.randn(batch, 1, args.image_size, args.image_size, device=device)
+    for batch in args.infer_batch_sizes or (1, args.batch_size):
+        x = torch.randn(batch, in_channels(args), args.image_size, args.image_size, device=device)
         xl = x.contiguous(memory_format=torch.channels_last)
         iters = max(args.infer_iters, 20) if batch == 1 else args.infer_iters
-        u, o = [], []
+        rates: dict[str, list] = {k: [] for k in kinds}
         for _ in range(args.rounds):
-            u.append(inference_rate(usual_model, x, iters, device))
+            if "usual" in rates:
+                rates["usual"].append(inference_rate(pipelines["usual"][0], x, iters, device))
             with autocast:
-                o.append(inference_rate(our_model, xl, iters, device))
-        infer[batch] = (statistics.median(u), statistics.median(o))
+                rates["ours"].append(inference_rate(pipelines["ours"][0], xl, iters, device))
+        infer[batch] = {k: statistics.median(v) for k, v in rates.items()}
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     if device.type == "cpu":  # in-process RSS mixes both pipelines; measure each alone
-        del usual_model, usual_opt, our_model, our_opt, pipelines
-        rows["usual_mem"], rows["ours_mem"] = [peak_memory("usual", args)], [peak_memory("ours", args)]
+        del pipelines, phases
+        for kind in kinds:
+            rows[f"{kind}_mem"] = [peak_memory(kind, args)]
     result = {
         "command": "alexnet bench " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                                                if k not in ("json", "run", "command") and v not in (None, False)),  # fmt: skip
@@ -349,12 +376,19 @@ def run(args: argparse.Namespace) -> dict:
         "amp": args.amp,
         "precision": precision_name(amp_dtype(device, args.amp)),
         "machine": machine_info(device),
-        "train_images_per_s": {"usual": med["usual_train"], "ours": med["ours_train"],
-                               "ratio": med["ours_train"] / med["usual_train"]},  # fmt: skip
-        "train_rounds": {"usual": rows["usual_train"], "ours": rows["ours_train"]},
-        "peak_memory_mib": {"usual": max(rows["usual_mem"]) / 2**20, "ours": max(rows["ours_mem"]) / 2**20},
-        "inference_images_per_s": {str(b): {"usual": u, "ours": o, "ratio": o / u} for b, (u, o) in infer.items()},
+        "compile": args.compile,
+        "channels": in_channels(args),
+        "num_classes": args.num_classes,
+        "data": args.data,
+        "train_images_per_s": {k: med[f"{k}_train"] for k in kinds},
+        "train_rounds": {k: rows[f"{k}_train"] for k in kinds},
+        "peak_memory_mib": {k: max(rows[f"{k}_mem"]) / 2**20 for k in kinds},
+        "inference_images_per_s": {str(b): rates for b, rates in infer.items()},
     }
+    if "usual" in kinds:
+        result["train_images_per_s"]["ratio"] = med["ours_train"] / med["usual_train"]
+        for rates in result["inference_images_per_s"].values():
+            rates["ratio"] = rates["ours"] / rates["usual"]
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -363,16 +397,19 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(r: dict) -> None:
     m = r["machine"]
-    print(f"\n{r['model']}, 1x{r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
-          f"{r['precision']}{' (--amp)' if r['amp'] else ''}; {m['cpu']}, {m['cores']} cores "
-          f"({', '.join(m['cpu_flags']) or 'no AVX-512'}), torch {m['torch']}, {m['threads']} threads, {m['device']}")  # fmt: skip
-    print(f"{'':28}{'usual':>12}{'ours':>12}{'ratio':>9}")
-    t = r["train_images_per_s"]
-    print(f"{'train images/s':28}{t['usual']:12.1f}{t['ours']:12.1f}{t['ratio']:8.2f}x")
-    for b, v in r["inference_images_per_s"].items():
-        print(f"{f'inference images/s, batch {b}':28}{v['usual']:12.1f}{v['ours']:12.1f}{v['ratio']:8.2f}x")
+    where = m.get("gpu") or f"{m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags']) or 'no AVX-512'})"
+    print(f"\n{r['model']}, {r['channels']}x{r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
+          f"{r['precision']}{' (--amp)' if r['amp'] else ''}{', compiled' if r['compile'] else ''}; {where}, "
+          f"torch {m['torch']}, {m['threads']} threads, {m['device']}")  # fmt: skip
+    kinds = [k for k in ("usual", "ours") if k in r["train_images_per_s"]]
+    both = len(kinds) == 2
+    print(f"{'':28}" + "".join(f"{k:>12}" for k in kinds) + (f"{'ratio':>9}" if both else ""))
+    rows = [("train images/s", r["train_images_per_s"])]
+    rows += [(f"inference images/s, batch {b}", v) for b, v in r["inference_images_per_s"].items()]
+    for label, v in rows:
+        print(f"{label:28}" + "".join(f"{v[k]:12.1f}" for k in kinds) + (f"{v['ratio']:8.2f}x" if both else ""))
     pm = r["peak_memory_mib"]
-    print(f"{'peak memory while training':28}{pm['usual']:10.0f}MiB{pm['ours']:9.0f}MiB")
+    print(f"{'peak memory while training':28}" + "".join(f"{pm[k]:9.0f}MiB" for k in kinds))
 
 
 def main(argv=None) -> int:
