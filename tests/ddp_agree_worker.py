@@ -4,12 +4,14 @@
 
 Each scenario runs ``alexnet train`` in this process (the real ``fit``) with the train loader
 wrapped so that on rank 1 only, at a given step, a batch's loss becomes NaN, the rank is sent
-SIGTERM, or its batch arrives empty (every image unreadable); or with the time budget measuring
-a different speed on each rank. Every rank writes what it saw to OUT_DIR/<scenario>.rank<r>.json,
+SIGTERM, or its batch arrives empty (every image unreadable); or with rank 0 unable to write a
+checkpoint, or the time budget measuring a different speed on each rank. Every rank writes what it saw to OUT_DIR/<scenario>.rank<r>.json,
 for the test to compare; a scenario that hung would never write it.
 """
 
 import contextlib
+import csv
+import dataclasses
 import importlib
 import io
 import json
@@ -24,11 +26,14 @@ from alexnet.cli import main
 from alexnet.engine import budget
 from alexnet.engine import distributed as dist
 from alexnet.engine.checkpoint import rank_rng_state, read_checkpoint, set_rng_state
+from alexnet.errors import AlexNetError
 
 fit_module = importlib.import_module("alexnet.engine.fit")  # the module; alexnet.engine.fit is the function
 RANK = int(os.environ["RANK"])
 STEPS_PER_EPOCH = 4  # 64 images, 2 ranks, batch 8
 real_build_loaders = fit_module.build_loaders
+real_train_one_epoch = fit_module.train_one_epoch
+real_save_checkpoint = fit_module.save_checkpoint
 
 
 class OnRank1:
@@ -67,6 +72,15 @@ def wrap_loaders(action: str, at: int):
     fit_module.build_loaders = build
 
 
+def read_back_every(steps: int) -> None:
+    """Read the step verdicts every ``steps`` steps, as on a GPU (on the CPU fit reads every step)."""
+
+    def train_one_epoch(*args, opts, **kwargs):
+        return real_train_one_epoch(*args, opts=dataclasses.replace(opts, sync_every=steps), **kwargs)
+
+    fit_module.train_one_epoch = train_one_epoch
+
+
 def train(out: Path, *extra: str) -> tuple[int, str]:
     """``alexnet train`` in this process: (exit code, its stderr)."""
     args = ["train", "--dataset", "synthetic", "--subset", "64", "--model", "alexnet_owt", "--image-size", "63",
@@ -83,6 +97,9 @@ def report(out: Path, name: str, code: int, err: str, run: Path) -> None:
     dist.barrier()  # rank 0 has written the run before anyone reads it
     ckpt = read_checkpoint(run / "checkpoints" / "last.pt") if (run / "checkpoints" / "last.pt").is_file() else {}
     weights = ckpt.get("model", {})
+    metrics = run / "metrics.csv"
+    rows = [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")}
+            for r in csv.DictReader(metrics.open())] if metrics.is_file() else []  # fmt: skip
     (out / f"{name}.rank{RANK}.json").write_text(json.dumps({
         "code": code,
         "last_line": err.strip().splitlines()[-1] if err.strip() else "",
@@ -92,6 +109,7 @@ def report(out: Path, name: str, code: int, err: str, run: Path) -> None:
         "finite": all(bool(torch.isfinite(v).all()) for v in weights.values()),
         "weights": {k: v.double().sum().item() for k, v in weights.items()},
         "rng_per_rank": len(ckpt.get("rng_per_rank") or []),
+        "metrics": rows,
     }))  # fmt: skip
     dist.barrier()  # and nobody starts the next run while another reads this one
 
@@ -109,9 +127,15 @@ def main_scenarios(out: Path) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")  # fit joins this group instead of making its own
 
-    wrap_loaders("nan", at=2)
+    wrap_loaders("nan", at=2)  # the third step
     report(out, "nan-skip", *train(out / "nan-skip", "--skip-nonfinite", "1"), out / "nan-skip")
     report(out, "nan-stop", *train(out / "nan-stop", "--save-every", "1"), out / "nan-stop")
+
+    # Read back every 4 steps, as on a GPU: the NaN at step 6 is found at step 8's read, by both.
+    wrap_loaders("nan", at=5)
+    read_back_every(4)
+    report(out, "nan-stop-read-every-4", *train(out / "nan-stop-4", "--subset", "128"), out / "nan-stop-4")
+    fit_module.train_one_epoch = real_train_one_epoch
 
     wrap_loaders("empty", at=5)
     report(out, "empty", *train(out / "empty"), out / "empty")
@@ -124,6 +148,19 @@ def main_scenarios(out: Path) -> None:
     wrap_loaders("none", at=-1)
     code, err = main_resume(out / "stopped")
     report(out, "resumed", code, err, out / "stopped")
+
+    # Rank 0 cannot write its second checkpoint (a full disk): every rank stops, none waits.
+    writes = []
+
+    def save_checkpoint(state, path):
+        writes.append(path)
+        if len(writes) == 2:
+            raise AlexNetError(f"cannot write checkpoint {path}: No space left on device; the previous one is kept")
+        real_save_checkpoint(state, path)
+
+    fit_module.save_checkpoint = save_checkpoint
+    report(out, "disk-full", *train(out / "disk-full", "--save-every", "1"), out / "disk-full")
+    fit_module.save_checkpoint = real_save_checkpoint
 
     # The time budget: each rank measures another speed; rank 0's plan holds on both.
     speeds = {0: 0.05, 1: 5.0}

@@ -121,17 +121,21 @@ def test_batch_transforms_keep_to_their_device_and_never_wait(device):
     assert audit.syncs == []
 
 
-def train_steps(device: str, steps: int, *, optimizer: str, clip: bool = True):
+def train_steps(device: str, steps: int, *, optimizer: str, clip: bool = True, float16: bool = False):
     """The syncs and mixed-device ops of ``steps`` training steps of alexnet_paper on the
-    in-memory loader with every augmentation; gradients stubbed on fake tensors."""
+    in-memory loader with every augmentation; gradients stubbed on fake tensors. ``float16``:
+    float16 autocast with its GradScaler (what --amp does on a GPU without bfloat16), else bfloat16."""
     with audited(device) as (audit, dev):
         train, _, info = synthetic(dev, crop=True, flip=True, pca_color=0.1, rotate=5.0, translate=0.1)
         with dev:
             model = alexnet.create_model("alexnet_paper", num_classes=info.num_classes, in_channels=info.in_channels)
         opt = create_optimizer(model.parameters(), optimizer, lr=0.01, momentum=0.9, weight_decay=5e-4)
         schedule = LRSchedule(opt, "onecycle", total_steps=100, steps_per_epoch=len(train))
+        with unittest.mock.patch.object(torch.cuda, "is_available", lambda: True):  # as autocast() does for fake CUDA
+            scaler = torch.amp.GradScaler(dev.type, enabled=float16)
         opts = StepOptions(max_steps=steps, sync_every=100, clip_grad=1.0 if clip else None, channels_last=True,
-                           skip_nonfinite=2, autocast=autocast(dev))  # fmt: skip
+                           skip_nonfinite=2, autocast=autocast(dev, torch.float16 if float16 else torch.bfloat16),
+                           scaler=scaler)  # fmt: skip
         audit.syncs.clear()  # loading the data read values on the host: only the steps count
         backward = stub_backward(model) if device == "fake-cuda" else torch.Tensor.backward
         with unittest.mock.patch.object(torch.Tensor, "backward", backward):
@@ -151,6 +155,16 @@ def test_training_steps_keep_to_their_device_and_read_back_once(device, optimize
     assert two.mixed == [] and five.mixed == []
     assert len(two.syncs) == len(five.syncs) <= 4, five.syncs  # the reads at the end of the epoch
     assert any("_fused_" in op for op in five.ops)  # the fused update, with the verdict as found_inf
+
+
+@pytest.mark.parametrize("device", AUDITED)
+def test_float16_with_its_grad_scaler_keeps_to_the_device_and_reads_back_once(device):
+    """The scaler's own check (unscale, found_inf into the fused SGD, the scale's update) and a
+    skipped step's NaN loss are all device work too."""
+    two, five = (train_steps(device, n, optimizer="sgd", float16=True) for n in (2, 5))
+    assert two.mixed == [] and five.mixed == []
+    assert len(two.syncs) == len(five.syncs) <= 4, five.syncs
+    assert any("_amp_update_scale_" in op for op in five.ops) and any("_fused_sgd_" in op for op in five.ops)
 
 
 @pytest.mark.parametrize("device", AUDITED)

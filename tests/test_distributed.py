@@ -164,6 +164,14 @@ def test_a_nan_on_one_rank_stops_both_at_its_step(agreed):
     assert r0["step"] == 2 and r0["finite"]  # --save-every 1: the checkpoint of the last good step
 
 
+def test_read_back_every_4_steps_both_ranks_stop_naming_the_step(agreed):
+    """As on a GPU: the NaN at step 6 is read at step 8, on both ranks at once."""
+    r0, r1 = agreed("nan-stop-read-every-4")
+    assert r0["code"] == r1["code"] == 2, (r0, r1)
+    assert "loss became nan at step 6 " in r1["last_line"], r1["last_line"]
+    assert "loss became non-finite on another rank at step 6 " in r0["last_line"], r0["last_line"]
+
+
 def test_an_empty_batch_on_one_rank_keeps_the_ranks_in_step(agreed):
     r0, r1 = agreed("empty")
     assert r0["code"] == r1["code"] == 0 and r0["step"] == 8 and r0["finite"], (r0, r1)
@@ -174,12 +182,21 @@ def test_a_signal_to_one_rank_stops_both_and_the_resumed_run_equals_one_never_st
     assert [r["code"] for r in stopped] == [128 + signal.SIGTERM] * 2, stopped
     assert stopped[0]["step"] == 6 and stopped[0]["batch_in_epoch"] == 2 and stopped[0]["rng_per_rank"] == 2
     assert resumed[0]["code"] == 0 and resumed[0]["step"] == whole[0]["step"] == 8
-    # Deterministic, with dropout: each rank resumed with its own random state, not rank 0's.
+    # Deterministic, with dropout: each rank resumed with its own random state, not rank 0's;
+    # and with its own running sums of the stopped epoch, so the metrics match too.
     assert resumed[0]["weights"] == whole[0]["weights"]
+    assert resumed[0]["metrics"] == whole[0]["metrics"] and len(whole[0]["metrics"]) == 2
 
 
 def test_each_rank_draws_its_own_dropout_masks_after_a_resume(agreed):
     assert agreed("masks") == [{"equal": False}, {"equal": False}]
+
+
+def test_when_rank_0_cannot_write_every_rank_stops(agreed):
+    r0, r1 = agreed("disk-full")
+    assert r0["code"] == r1["code"] == 2, (r0, r1)
+    assert "No space left on device" in r0["last_line"] and "rank 0 failed" in r1["last_line"], (r0, r1)
+    assert r0["step"] == 1  # the checkpoint written before is kept
 
 
 def test_the_budgets_plan_is_rank_0s_on_every_rank(agreed):

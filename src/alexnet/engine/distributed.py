@@ -10,6 +10,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..errors import AlexNetError
+
 
 _owned = False  # whether init_distributed created the process group (and cleanup may destroy it)
 
@@ -34,15 +36,15 @@ def init_distributed(device: torch.device) -> tuple[int, int, int]:
     if launched is None:
         return 0, 1, 0
     rank, world_size, local_rank, _ = launched
+    if device.type == "cuda":  # also in a caller's group: nccl's object collectives use the current device
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         global _owned
         _owned = True
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group(backend=backend, device_id=device)  # binds the rank to its GPU
+            dist.init_process_group(backend="nccl", device_id=device)  # binds the rank to its GPU
         else:
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend="gloo")
     return rank, world_size, local_rank
 
 
@@ -82,6 +84,17 @@ def agree_max(value: int, device: torch.device) -> int:
         return value
     t = torch.full((1,), value, dtype=torch.int64, device=device)
     return int(all_reduce_max(t).item())
+
+
+def raise_together(error: Exception | None, device: torch.device) -> None:
+    """A collective for a step that may fail on some ranks only (rank 0's writes, above all):
+    every rank raises if any failed, so that none is left waiting for the others in the next
+    collective. A rank raises its own error, the others one that names the rank that failed."""
+    failed = agree_max(get_rank() + 1 if error is not None else 0, device)
+    if error is not None:
+        raise error
+    if failed:
+        raise AlexNetError(f"rank {failed - 1} failed (its own message says why); every rank stops with it")
 
 
 def all_gather_object(obj) -> list:

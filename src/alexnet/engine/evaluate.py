@@ -68,7 +68,7 @@ def evaluate(
         mistakes.add(first, labels, pred)
         if taken < keep_samples:
             n = min(keep_samples - taken, labels.shape[0])
-            samples.append((first[:n], labels[:n], log_probs[:n].exp()))
+            samples.append((first[:n].clone(), labels[:n], log_probs[:n].exp()))  # a view would keep the batch
             taken += n
     all_reduce_sum(loss_sum)
     all_reduce_sum(correct5)

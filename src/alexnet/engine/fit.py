@@ -384,7 +384,12 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
     if cfg.compile:  # DDP first: compiled around it, its buckets split the graph (DDPOptimizer)
         net = torch.compile(net)
 
-    run = RunDirectory(Path(cfg.resume or cfg.out or default_run_dir(cfg)), enabled=dist.is_main_process())
+    error = None
+    try:  # rank 0 makes the folder; where it cannot, every rank stops with it
+        run = RunDirectory(Path(cfg.resume or cfg.out or default_run_dir(cfg)), enabled=dist.is_main_process())
+    except AlexNetError as e:
+        error = e
+    dist.raise_together(error, device)
     extra = {"resolved": {"device": str(device), "world_size": world_size, "global_batch": global_batch, "lr": lr,
                           "precision": precision, "time_budget": budget,
                           "num_classes": num_classes, "in_channels": in_channels, "class_names": info.class_names,
@@ -404,13 +409,15 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         Mid-epoch saves pass the step reached (``at_step``) and the bad batches skipped so far
         in this epoch (``skipped_now``), which fit has not counted yet.
         """
-        every_rng = dist.all_gather_object(rng_state(device))  # each rank draws its own dropout masks
-        if not dist.is_main_process():
-            return None
         if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
-            # Never replace a good checkpoint with broken weights.
+            # Never replace a good checkpoint with broken weights. (Every rank has the same weights
+            # and so stops here together.)
             raise NonFiniteLoss(f"the weights became NaN or infinite by step {step}; the last good checkpoint is kept; "
                                 "try a lower --lr or --clip-grad 1.0")  # fmt: skip
+        # Each rank's own random state (its dropout masks) and running sums of an unfinished epoch.
+        every = dist.all_gather_object({"rng": rng_state(device), "partial": unfinished["partial"] if unfinished else None})
+        if not dist.is_main_process():
+            return None
         return {
             "model": dist.unwrap(net).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -418,8 +425,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step": step if at_step is None else at_step,
-            "rng": every_rng[0],
-            "rng_per_rank": every_rng,
+            "rng": every[0]["rng"],
+            "rng_per_rank": [r["rng"] for r in every],
             "config": cfg.to_dict(),
             "model_args": model_args,
             "class_names": list(info.class_names),
@@ -428,8 +435,24 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             "metrics": metrics_row,
             "batch_in_epoch": unfinished["batches"] if unfinished else 0,
             "partial": unfinished["partial"] if unfinished else None,
+            "partial_per_rank": [r["partial"] for r in every] if unfinished else None,
             "nonfinite_skipped": nonfinite_skipped + skipped_now,
         }
+
+    def save_on_rank0(state: dict | None, *names: str, metrics: dict | None = None) -> None:
+        """Rank 0 writes the metrics row and the checkpoint (``state`` is None elsewhere); a
+        collective: where rank 0 cannot write, every rank stops with it."""
+        error = None
+        try:
+            if metrics is not None:
+                run.append_metrics(metrics, keep_epochs=int(metrics["epoch"]))
+            for name in names if state is not None else ():
+                save_checkpoint(state, run.ckpt_dir / name)
+        except AlexNetError as e:
+            error = e
+        except OSError as e:
+            error = AlexNetError(f"cannot write to {run.root}: {e.strerror or e}")
+        dist.raise_together(error, device)
 
     result: dict = {}
     epoch, stopped_by = start_epoch, None
@@ -450,14 +473,13 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             def save_mid_epoch(unfinished: dict, epoch: int = epoch) -> None:
                 state = checkpoint(epoch, None, unfinished, at_step=unfinished["step"],
                                    skipped_now=unfinished["nonfinite_skipped"])  # fmt: skip
-                if state is not None:
-                    save_checkpoint(state, run.ckpt_dir / "last.pt")
+                save_on_rank0(state, "last.pt")
 
             t0 = time.perf_counter()
             train_metrics, step = train_one_epoch(
                 net, train_loader, optimizer, schedule, loss_fn, step=step, opts=opts,
                 progress=cfg.progress and dist.is_main_process(), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                start_batch=start_batch, partial=resume_ckpt.get("partial") if first else None, stop=stop,
+                start_batch=start_batch, partial=rank_partial(resume_ckpt, rank, world_size) if first else None, stop=stop,
                 save=save_mid_epoch,
             )  # fmt: skip
             nonfinite_skipped += train_metrics["nonfinite_skipped"]
@@ -465,10 +487,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             if signum and not train_metrics["complete"]:
                 # No evaluation: the user asked to stop; save exactly where the epoch stands.
                 stopped_by = signal.Signals(signum).name
-                state = checkpoint(epoch, None, train_metrics)
-                if state is not None:
-                    save_checkpoint(state, run.ckpt_dir / "last.pt")
-                dist.barrier()  # no rank leaves before the checkpoint is on disk (torchrun would stop rank 0)
+                # No rank leaves before the checkpoint is on disk (torchrun would stop rank 0).
+                save_on_rank0(checkpoint(epoch, None, train_metrics), "last.pt")
                 break
             train_metrics = reduce_train_metrics(train_metrics, device)
             result = evaluate(
@@ -490,13 +510,9 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             }
             improved = result["top1"] > best_top1
             best_top1 = max(best_top1, result["top1"])
-            run.append_metrics(row, keep_epochs=epoch + 1)
             done = train_metrics["complete"]
             state = checkpoint(epoch + 1 if done else epoch, row, None if done else train_metrics)
-            if state is not None:
-                save_checkpoint(state, run.ckpt_dir / "last.pt")
-                if improved:
-                    save_checkpoint(state, run.ckpt_dir / "best.pt")
+            save_on_rank0(state, "last.pt", *(["best.pt"] if improved else []), metrics=row)
             skipped = getattr(train_loader, "skipped", 0) + getattr(val_loader, "skipped", 0)
             log(
                 f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_metrics['train_loss']:.4f} "
@@ -537,11 +553,26 @@ def reduce_train_metrics(m: dict, device: torch.device) -> dict:
     """Average the per-rank training loss and accuracy over all samples of all ranks."""
     if dist.get_world_size() == 1 or "seen" not in m:
         return m
-    t = torch.tensor([m["train_loss"] * m["seen"], m["train_acc"] * m["seen"], m["seen"], m["images_per_s"]],
-                     dtype=torch.float64, device=device)  # fmt: skip
-    dist.all_reduce_sum(t)
-    seen = t[2].item()
-    return {**m, "train_loss": t[0].item() / seen, "train_acc": t[1].item() / seen, "images_per_s": t[3].item()}
+    sums = m["partial"]  # this rank's running sums: a rank that skipped every step adds zeros, not NaN
+    t = torch.tensor([sums["loss_sum"], sums["correct"], sums["seen"], m["images_per_s"]], dtype=torch.float64,
+                     device=device)  # fmt: skip
+    loss_sum, correct, seen, rate = dist.all_reduce_sum(t).tolist()
+    nan = float("nan")
+    return {**m, "train_loss": loss_sum / seen if seen else nan, "train_acc": correct / seen if seen else nan,
+            "images_per_s": rate}  # fmt: skip
+
+
+def rank_partial(ckpt: dict, rank: int, world_size: int) -> dict | None:
+    """This rank's running sums of the unfinished epoch a checkpoint stopped in. With another
+    world size, rank 0 takes the sums of all the saved ranks: the epoch's totals stay right."""
+    per_rank = ckpt.get("partial_per_rank")
+    if isinstance(per_rank, list) and len(per_rank) == world_size:
+        return per_rank[rank]
+    if isinstance(per_rank, list) and per_rank and all(per_rank):
+        if rank != 0:
+            return None
+        return {k: sum(p[k] for p in per_rank) for k in ("loss_sum", "correct", "seen")}
+    return ckpt.get("partial") if rank == 0 else None
 
 
 def write_plots(run: RunDirectory, result: dict, info: DatasetInfo) -> None:
