@@ -6,7 +6,10 @@ real GPUs present. ``make gpu-check`` runs this file on a machine with a GPU, wh
 here also runs on CUDA itself.
 """
 
+import subprocess
+import sys
 import unittest.mock
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,3 +356,11 @@ def test_training_and_10crop_evaluation_run_on_every_device(device):
     assert result["n"] == 20 and sum(map(sum, result["confusion"])) == 20
     assert len(result["samples"]) == 3 and len(result["mistakes"]) <= 4
     assert all(img.device.type == "cpu" and img.shape == (3, 63, 63) for img, _, _ in result["mistakes"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: make gpu-check runs for real")
+def test_gpu_check_says_in_one_line_that_there_is_no_gpu():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "no GPU here" in done.stderr and "nothing was checked" in done.stderr
