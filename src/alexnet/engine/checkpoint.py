@@ -7,6 +7,7 @@ dicts, so ``torch.load(weights_only=True)`` reads all of it:
     epoch, step                             completed epochs and optimizer steps
     rng, rng_per_rank                       torch (CPU and this rank's CUDA device) and Python random
                                             states: rank 0's, and every rank's in rank order
+    partial, partial_per_rank               an epoch cut short: rank 0's running sums, every rank's
     config                                  the resolved TrainConfig as a dict
     model_args                              name and keyword arguments for create_model
     class_names, preprocess                 what inference needs
@@ -208,6 +209,19 @@ def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> dict[str
     if world_size == 1 and isinstance(ckpt.get("rng"), dict):
         return ckpt["rng"]
     return None
+
+
+def rank_partial(ckpt: dict[str, Any], rank: int, world_size: int) -> dict | None:
+    """This rank's running sums of the unfinished epoch a checkpoint stopped in. With another
+    world size, rank 0 takes the sums of all the saved ranks: the epoch's totals stay right."""
+    per_rank = ckpt.get("partial_per_rank")
+    if isinstance(per_rank, list) and len(per_rank) == world_size:
+        return per_rank[rank]
+    if isinstance(per_rank, list) and per_rank and all(per_rank):
+        if rank != 0:
+            return None
+        return {k: sum(p[k] for p in per_rank) for k in ("loss_sum", "correct", "seen")}
+    return ckpt.get("partial") if rank == 0 else None
 
 
 def _as_tuple(x):

@@ -28,8 +28,8 @@ from . import distributed as dist
 from .cpu import has_fast_bfloat16, keep_freed_memory, subnormals_flushed
 from .budget import plan_epochs
 from .checkpoint import (
-    load_model_state, model_state, rank_rng_state, read_checkpoint, restore_training, rng_state, save_checkpoint,
-    set_rng_state,
+    load_model_state, model_state, rank_partial, rank_rng_state, read_checkpoint, restore_training, rng_state,
+    save_checkpoint, set_rng_state,
 )  # fmt: skip
 from .evaluate import evaluate
 from .optim import LRSchedule, create_optimizer
@@ -560,19 +560,6 @@ def reduce_train_metrics(m: dict, device: torch.device) -> dict:
     nan = float("nan")
     return {**m, "train_loss": loss_sum / seen if seen else nan, "train_acc": correct / seen if seen else nan,
             "images_per_s": rate}  # fmt: skip
-
-
-def rank_partial(ckpt: dict, rank: int, world_size: int) -> dict | None:
-    """This rank's running sums of the unfinished epoch a checkpoint stopped in. With another
-    world size, rank 0 takes the sums of all the saved ranks: the epoch's totals stay right."""
-    per_rank = ckpt.get("partial_per_rank")
-    if isinstance(per_rank, list) and len(per_rank) == world_size:
-        return per_rank[rank]
-    if isinstance(per_rank, list) and per_rank and all(per_rank):
-        if rank != 0:
-            return None
-        return {k: sum(p[k] for p in per_rank) for k in ("loss_sum", "correct", "seen")}
-    return ckpt.get("partial") if rank == 0 else None
 
 
 def write_plots(run: RunDirectory, result: dict, info: DatasetInfo) -> None:

@@ -83,6 +83,11 @@ def train_one_epoch(
     bar = tqdm(total=len(loader), initial=start_batch, desc=desc, disable=not progress, leave=False,
                dynamic_ncols=True, unit="batch")  # fmt: skip
 
+    def sums() -> dict:
+        """The running sums on the host (a sync): what a checkpoint of an unfinished epoch keeps."""
+        n, right = torch.stack([seen, correct]).cpu().tolist()
+        return {"loss_sum": loss_sum.item(), "correct": right, "seen": n}
+
     def settle() -> int:
         """Read the verdicts (a host sync): report skips, raise on a failure; the agreed signal (0: none)."""
         nonlocal skipped
@@ -94,10 +99,10 @@ def train_one_epoch(
         if reading.failed is not None:
             raise non_finite(*reading.failed)
         if progress:
-            n, right = torch.stack([seen, correct]).cpu().tolist()
-            if n:
-                rate = (n - seen_before) / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{right / n:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+            now = sums()
+            if now["seen"]:
+                n, rate = now["seen"], (now["seen"] - seen_before) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{now['loss_sum'] / n:.4f}", acc=f"{now['correct'] / n:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
         return reading.signal
 
     try:
@@ -140,18 +145,17 @@ def train_one_epoch(
             if step % opts.sync_every == 0 or batches >= len(loader) or due_save or step == opts.max_steps:
                 signum = settle() or signum
             if due_save:
-                n, right = torch.stack([seen, correct]).cpu().tolist()
                 save({"batches": batches, "step": step, "complete": False, "nonfinite_skipped": skipped,
-                      "partial": {"loss_sum": loss_sum.item(), "correct": right, "seen": n}})  # fmt: skip
+                      "partial": sums()})  # fmt: skip
         signum = settle() or signum  # what the last read did not see (a loader that ended early)
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    n, right = torch.stack([seen, correct]).cpu().tolist()
-    total = loss_sum.item()
+    final = sums()
+    n = final["seen"]
     return {
-        "train_loss": total / n if n else float("nan"),
-        "train_acc": right / n if n else float("nan"),
+        "train_loss": final["loss_sum"] / n if n else float("nan"),
+        "train_acc": final["correct"] / n if n else float("nan"),
         "images_per_s": (n - seen_before) / elapsed if elapsed > 0 else 0.0,
         "time_s": elapsed,
         "lr": lr,
@@ -160,7 +164,7 @@ def train_one_epoch(
         "complete": batches >= len(loader),
         "nonfinite_skipped": skipped,
         "signal": signum,  # the signal that stopped the epoch (agreed by all ranks), 0 for none
-        "partial": {"loss_sum": total, "correct": right, "seen": n},
+        "partial": final,
     }, step
 
 
