@@ -207,7 +207,7 @@ def test_onnx_export_records_torch_ops(tmp_path, dynamo):
     torch.testing.assert_close(torch.from_numpy(out), net(x).detach(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("groups", [1, 2, 3])  # 3: unequal chunks of the 8 channels
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_the_functional_form_equals_torchs(channels_last, groups):
     """What runs under torch.compile: plain ops, the same values and gradients."""

@@ -159,6 +159,8 @@ def functional_local_response_norm(
     """The same in plain differentiable ops, no ``out=`` and no in-place writes: what runs under
     ``torch.compile``, whose compiler fuses it into a few kernels of its own (and which failed
     to trace the fused function's ``out=`` ops in torch 2.11 on CUDA)."""
+    if x.shape[1] % groups:  # unequal chunks, as torch.chunk makes them
+        return torch.cat([functional_local_response_norm(h, size, alpha, beta, k) for h in x.chunk(groups, 1)], 1)
     xw = x if x.dtype in _NATIVE_DTYPES else x.float()
     sq = _by_group(xw * xw, groups)  # (N, groups, C/groups, *)
     before, after = size // 2, (size - 1) // 2
