@@ -32,13 +32,24 @@ class Float64:
         return ((x.double(), y) for x, y in self.loader)
 
 
+# The data every rank reads; test_distributed.py reads its val split again in one process.
+DATA = DataConfig(dataset="synthetic", synthetic_train=48, synthetic_val=37, synthetic_classes=5, synthetic_size=32,
+                  image_size=63, crop=False, flip=False)  # fmt: skip
+
+
+def probe(in_channels: int, num_classes: int) -> torch.nn.Module:
+    """A fixed random linear classifier: the trained network predicts one class for every image of
+    this small set, which makes its confusion matrix only the label counts; this one spreads its
+    predictions over the cells, so that a sample lost or counted twice in the sum over ranks shows."""
+    torch.manual_seed(7)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 63 * 63, num_classes, dtype=torch.float64))
+
+
 def main(out: Path, batch: int) -> None:
     device = torch.device("cpu")
     rank, world, _ = dist.init_distributed(device)
     torch.set_num_threads(1)
-    data = DataConfig(dataset="synthetic", synthetic_train=48, synthetic_val=37, synthetic_classes=5, synthetic_size=32,
-                      image_size=63, crop=False, flip=False)  # fmt: skip
-    train, val, info = build_loaders(data, device=device, batch_size=batch, seed=3, rank=rank, world_size=world)
+    train, val, info = build_loaders(DATA, device=device, batch_size=batch, seed=3, rank=rank, world_size=world)
     per_rank_val = val.num_samples
     train, val = Float64(train), Float64(val)
     torch.set_default_dtype(torch.float64)
@@ -55,8 +66,10 @@ def main(out: Path, batch: int) -> None:
         train.set_epoch(epoch)
         _, step = train_one_epoch(net, train, opt, schedule, torch.nn.CrossEntropyLoss(), step=step, opts=StepOptions())
     result = evaluate(net, val, info.num_classes)
+    probed = evaluate(probe(info.in_channels, info.num_classes), val, info.num_classes)
     torch.save({"model": dist.unwrap(net).state_dict(), "n": result["n"], "step": step, "per_rank_val": per_rank_val,
-                "confusion": result["confusion"]}, out / f"rank{rank}.pt")  # fmt: skip
+                "confusion": result["confusion"], "loss": result["loss"], "probe_confusion": probed["confusion"],
+                "probe_loss": probed["loss"]}, out / f"rank{rank}.pt")  # fmt: skip
     dist.cleanup()
 
 

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexnet.data import build_loaders
 from alexnet.engine.checkpoint import read_checkpoint
+from alexnet.engine.evaluate import evaluate
+from alexnet.models import create_model
 
+import ddp_worker
 from kill_harness import temp_checkpoints
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -58,7 +62,23 @@ def test_evaluation_counts_every_sample_once(two_ranks_and_one):
     # 37 validation images over 2 ranks: 19 + 18, no padded duplicates, summed to 37 on every rank.
     assert (r0["per_rank_val"], r1["per_rank_val"]) == (19, 18)
     assert r0["n"] == r1["n"] == single["n"] == 37
-    assert r0["confusion"] == r1["confusion"]
+    # The same weights evaluated here, in one process, on the whole val split: the 2 ranks' summed
+    # results must be the same confusion matrices (a sample lost or counted twice would change them).
+    # The trained network predicts one class for all 37 (its matrix is the label counts; its loss
+    # still sees every sample); the worker's fixed random probe spreads its predictions.
+    _, val, info = build_loaders(ddp_worker.DATA, device="cpu", batch_size=16, seed=3)
+    model = create_model("alexnet_owt", num_classes=info.num_classes, in_channels=info.in_channels, dropout=0.0)
+    model.double().load_state_dict(r0["model"])
+    alone = evaluate(model, ddp_worker.Float64(val), info.num_classes)
+    probed = evaluate(ddp_worker.probe(info.in_channels, info.num_classes), ddp_worker.Float64(val), info.num_classes)
+    assert alone["n"] == probed["n"] == 37
+    assert sum(cell > 0 for row in probed["confusion"] for cell in row) > 10  # not one column
+    for rank in (r0, r1):
+        assert rank["confusion"] == alone["confusion"], (rank["confusion"], alone["confusion"])
+        assert rank["probe_confusion"] == probed["confusion"], (rank["probe_confusion"], probed["confusion"])
+        # log-softmax is taken in float32, and the sums are added in another order
+        assert rank["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+        assert rank["probe_loss"] == pytest.approx(probed["loss"], rel=1e-6)
 
 
 def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
