@@ -42,7 +42,8 @@ def probe(in_channels: int, num_classes: int) -> torch.nn.Module:
     this small set, which makes its confusion matrix only the label counts; this one spreads its
     predictions over the cells, so that a sample lost or counted twice in the sum over ranks shows."""
     torch.manual_seed(7)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 63 * 63, num_classes, dtype=torch.float64))
+    linear = torch.nn.Linear(in_channels * 63 * 63, num_classes, dtype=torch.float64)
+    return torch.nn.Sequential(torch.nn.Flatten(), linear)
 
 
 def main(out: Path, batch: int) -> None:
