@@ -135,9 +135,12 @@ def same_run(a: Path, b: Path) -> None:
     """The two runs ended with equal weights, optimizer state, step and metrics (timings aside)."""
     ca, cb = read_checkpoint(a / "checkpoints" / "last.pt"), read_checkpoint(b / "checkpoints" / "last.pt")
     assert (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"])
+    assert list(ca["model"]) == list(cb["model"])
     for key in ca["model"]:
         torch.testing.assert_close(ca["model"][key], cb["model"][key], rtol=0, atol=0, msg=key)
-    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+    # strict: a run with fewer momentum buffers than the other must fail, not compare the common prefix
+    states = zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True)
+    for sa, sb in states:
         torch.testing.assert_close(sa["momentum_buffer"], sb["momentum_buffer"], rtol=0, atol=0)
     timing = ("images_per_s", "epoch_time_s")
     rows = [[{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader((d / "metrics.csv").open())]

@@ -28,8 +28,11 @@ def test_sigkill_at_random_moments_loses_nothing(fmnist_dir, undisturbed, tmp_pa
     # Two kills during a checkpoint write and two at random moments (seeded, so a failure reproduces).
     plan = random_plan(random.Random(7), 4, first_write, total)
     campaign = kill_and_resume(train_args(fmnist_dir, killed), killed, plan, tmp_path / "train.log")
-    assert campaign.kills >= 3, campaign
-    assert campaign.during_write >= 2, campaign
+    # README: "4 kills (2 mid-write)", and like the benchmark, no restart from scratch (the first
+    # kill waits for a checkpoint to exist). Every planned kill lands (random_plan's windows are
+    # sized for that), so fewer is a failure, not luck.
+    assert campaign.kills == 4 and campaign.restarts_from_scratch == 0, campaign
+    assert campaign.moments.count("write: killed mid-write") == 2, campaign
     # The run went on from checkpoints written mid-epoch, not only from epoch ends.
     assert any(batch > 0 for _, _, batch in campaign.resumed_from), campaign
     same_run(whole, killed)
