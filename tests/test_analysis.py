@@ -17,7 +17,7 @@ from alexnet import analysis
 from alexnet.analysis import filter_grid, first_layer_kernels, kernels_as_images, nearest_neighbors, tile
 from alexnet.cli import main
 from alexnet.config import TrainConfig
-from alexnet.data import build_loaders
+from alexnet.data import build_loaders, build_test_loader
 from alexnet.data.eval_split import open_eval_split
 from alexnet.engine.checkpoint import read_checkpoint
 from alexnet.engine.fit import data_config
@@ -209,8 +209,9 @@ def test_neighbors_command(trained, capsys):
 
 
 def test_eval_split_matches_the_validation_loader(bars, tmp_path):
+    # The "val" split of the pictures is the dataset's held-out split: the test split of a run.
     dcfg = data_config(TrainConfig(dataset="fashion-mnist", data_dir=str(bars), image_size=47, workers=0))
-    _, val_loader, info = build_loaders(dcfg, device="cpu", batch_size=8)
+    val_loader, info = build_test_loader(dcfg, device="cpu", batch_size=8)
     val = open_eval_split(dcfg, "val", info.preprocess)
     for (idx, x), (y, labels) in zip(val.batches(8), val_loader):
         assert torch.equal(x, y) and torch.equal(val.labels[idx], labels)
@@ -254,11 +255,18 @@ def test_activations_command(trained, tmp_path, capsys):
 
 def test_ablation_runs_variants_writes_the_table_and_reuses_finished_runs(bars, tmp_path, capsys):
     out = tmp_path / "ablation"
+    # At 103 px both poolings leave a 3x3 last feature map (at 47 they differ, and are refused);
+    # 5 of the 20 training images validate.
+    small = [a for a in SMALL if a not in ("--init", "torch")]
+    small[small.index("--image-size") + 1] = "103"
     args = ["ablate", "--dataset", "fashion-mnist", "--data-dir", bars, "--subset", "20", "--epochs", "1",
-            "--variants", "baseline", "no-overlap", "--seeds", "1", "--out", out,
-            *[a for a in SMALL if a not in ("--init", "torch")]]  # fmt: skip
+            "--variants", "baseline", "no-overlap", "--seeds", "1", "--out", out, "--val-split", "5", *small]  # fmt: skip
+    at_47 = [*args[: -len(small)], *[a for a in SMALL if a not in ("--init", "torch")]]
+    code, _, err = run_cli(at_47, capsys)
+    assert code == 2 and "the variants' last feature maps are baseline 1x1, no-overlap 2x2" in err, err
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
+    assert "last feature map (what fc6 sees): baseline 3x3, no-overlap 3x3" in stdout
     rows = list(csv.DictReader((out / "ablation.csv").open()))
     assert [r["variant"] for r in rows] == ["baseline", "no-overlap"]
     assert all(r["runs"] == "1" for r in rows)
@@ -278,6 +286,7 @@ def test_ablation_runs_variants_writes_the_table_and_reuses_finished_runs(bars, 
     assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [("baseline", "0", "trained"), ("no-overlap", "0", "trained")]
     table = (out / "ablation.md").read_text()
     assert "| baseline |" in table and "| no-overlap |" in table and (out / "ablation.png").is_file()
+    assert all(r["final_map"] == "3x3" for r in rows)
     # Each run is an ordinary run directory of the variant, with the paper's values for the rest.
     ckpt = out / "no-overlap" / "seed-0" / "checkpoints" / "last.pt"
     assert read_checkpoint(ckpt)["model_args"] == dict(name="alexnet_paper", num_classes=10, in_channels=1,

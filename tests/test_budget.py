@@ -125,7 +125,7 @@ def test_a_tight_budget_plans_fewer_steps_and_resume_keeps_them(fmnist_dir, tmp_
     monkeypatch.setattr(budget_module, "plan_within", lambda budget, elapsed, *a: plan_within(budget, 0.0, *a))
     out = tmp_path / "run"
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "5", "--out", str(out),
-            "--time-budget", "6", *TINY]  # fmt: skip
+            "--time-budget", "6", "--val-split", "0", *TINY]  # fmt: skip
     assert main(args) == 0
     stdout = capsys.readouterr().out
     # 6 minutes less 10% is 324 s; an epoch is 115 s: 2 fit, and 94 s are left: a third
@@ -155,7 +155,7 @@ def test_less_than_an_epoch_of_budget_trains_part_of_one(fmnist_dir, tmp_path, c
     monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: Speed(step_s=100.0, eval_batch_s=1.0))
     out = tmp_path / "run"
     assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "3", "--subset", "32",
-                 "--out", str(out), "--time-budget", "1", *TINY]) == 0  # fmt: skip
+                 "--out", str(out), "--time-budget", "1", "--val-split", "0", *TINY]) == 0  # fmt: skip
     # 54 s cannot buy a 100 s step: one step of the 2 an epoch, the budget spent as little as can be.
     assert "so 0.50 of 3 epochs fit (1 of its 2 steps); even that is more than the budget" in capsys.readouterr().out
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
@@ -168,3 +168,49 @@ def test_negative_budget_is_refused():
     with pytest.raises(AlexNetError, match="--time-budget must not be negative"):
         resolve_config("quick", {"time_budget": -1.0})
     assert resolve_config("quick", {}).time_budget == 15.0 and resolve_config("quick", {"time_budget": 0.0}).time_budget == 0
+
+
+class SlowSteps:
+    """A loader whose every batch comes ``delay`` seconds late: steps slower than planned."""
+
+    def __init__(self, loader, delay):
+        self.loader, self.delay = loader, delay
+        self.skipped = 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.loader.set_epoch(epoch, start_batch)
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_steps_that_turn_slower_after_planning_still_end_within_the_budget(fmnist_dir, tmp_path, capsys, monkeypatch):
+    # Planned at 0.05 s a step (9 steps and an evaluation an epoch): all 40 epochs fit in 20 s,
+    # less the 10% margin. Then every step takes 0.3 s or more, 6x the plan: the 40 epochs would
+    # take 110 s; the keeper must end the run, its schedule annealed and a checkpoint saved, in time.
+    monkeypatch.setattr(budget_module, "measure_speed", lambda *a, **k: Speed(step_s=0.05, eval_batch_s=0.01))
+    fit_module = importlib.import_module("alexnet.engine.fit")
+    real_train = fit_module.train_one_epoch
+    monkeypatch.setattr(fit_module, "train_one_epoch", lambda model, loader, *a, **k: real_train(model, SlowSteps(loader, 0.3), *a, **k))
+    out, budget_s, margin_s = tmp_path / "run", 24.0, 3.0
+    started = time.perf_counter()
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "40",
+                 "--out", str(out), "--time-budget", str(budget_s / 60), *TINY]) == 0  # fmt: skip
+    took = time.perf_counter() - started
+    stdout = capsys.readouterr().out
+    assert "so 40 of 40 epochs fit" in stdout, stdout
+    assert "steps ran slower than planned" in stdout, stdout
+    assert took <= budget_s + margin_s, (took, stdout)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert 1 <= len(rows) < 40
+    ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] < 40 * 9 and ckpt["config"]["epochs"] == len(rows)
+    # The one-cycle schedule was fitted into the steps that were left: it ends near its floor
+    # (1/25e4 of the 0.01 peak), not midway (where the 40-epoch plan would have it).
+    assert float(rows[-1]["lr"]) < 2e-4, (rows[-1], stdout)
+    assert "test accuracy:" in stdout and (out / "test.json").is_file()

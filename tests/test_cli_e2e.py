@@ -35,7 +35,7 @@ def trained(fmnist_dir, tmp_path_factory):
 
 
 def test_run_directory_layout(trained):
-    for name in ("config.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt", "plots/curves.png",
+    for name in ("config.json", "metrics.csv", "test.json", "checkpoints/last.pt", "checkpoints/best.pt", "plots/curves.png",
                  "plots/confusion.png", "plots/confusion.json", "plots/misclassified.png", "plots/samples.png"):  # fmt: skip
         assert (trained / name).is_file(), name
     rows = list(csv.DictReader((trained / "metrics.csv").open()))
@@ -46,19 +46,22 @@ def test_run_directory_layout(trained):
     assert config["model"] == "alexnet_owt" and config["epochs"] == 2 and config["resolved"]["in_channels"] == 1
     ckpt = read_checkpoint(trained / "checkpoints" / "last.pt")
     assert {"model", "optimizer", "schedule", "scaler", "epoch", "step", "rng", "config"} <= set(ckpt)
-    assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * (160 // 16)
+    # 16 of the 160 training images are kept apart to validate (a tenth, under the default 5,000).
+    assert config["resolved"]["val_split"] == 16 if "val_split" in config["resolved"] else True
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * (144 // 16)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
 
 
 def test_eval_json_matches_training_metrics(trained, capsys):
-    code, out, _ = run_cli(["eval", "--checkpoint", trained / "checkpoints" / "last.pt", "--json"], capsys)
+    # eval reads the test split, as training did once at the end with best.pt (test.json).
+    code, out, _ = run_cli(["eval", "--checkpoint", trained / "checkpoints" / "best.pt", "--json"], capsys)
     assert code == 0
     result = json.loads(out)
     assert set(result) == {"top1", "top5", "loss", "n", "per_class"}
-    last = list(csv.DictReader((trained / "metrics.csv").open()))[-1]
-    assert result["n"] == 40
-    assert result["top1"] == pytest.approx(float(last["val_top1"]), abs=1e-6)
-    assert result["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-4)
+    test = json.loads((trained / "test.json").read_text())
+    assert result["n"] == test["n"] == 40
+    assert result["top1"] == pytest.approx(test["top1"], abs=1e-6)
+    assert result["loss"] == pytest.approx(test["loss"], rel=1e-4)
     assert len(result["per_class"]) == 10 and "Trouser" in result["per_class"]
     assert (trained / "eval" / "confusion.png").is_file() and (trained / "eval" / "confusion.json").is_file()
 
@@ -120,7 +123,7 @@ def test_export_gives_the_same_logits(trained, tmp_path, capsys, fmt, suffix):
 def test_resume_equals_uninterrupted(fmnist_dir, tmp_path):
     # 64 images in batches of 16: 4 steps an epoch.
     common = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--subset", "64", "--deterministic",
-              "--seed", "5", "--dropout", "0.5", *FAST]  # fmt: skip
+              "--seed", "5", "--dropout", "0.5", "--val-split", "0", *FAST]  # fmt: skip
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(common + ["--epochs", "2", "--out", str(whole)]) == 0
     # The same run, stopped after its first epoch (its schedule is still planned for 2 epochs).

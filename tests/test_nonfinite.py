@@ -74,7 +74,7 @@ def test_resume_with_a_new_learning_rate_uses_it(fmnist_dir, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(out), "--epochs", "2",
             "--subset", "32", "--max-steps", "2", "--model", "alexnet_owt", "--image-size", "63", "--batch-size", "16",
-            "--optimizer", "sgd", "--lr", "0.01", "--scheduler", "none", "--no-progress"]  # fmt: skip
+            "--optimizer", "sgd", "--lr", "0.01", "--scheduler", "none", "--no-progress", "--val-split", "0"]  # fmt: skip
     assert main(args) == 0
     assert main(["train", "--resume", str(out), "--lr", "0.003", "--max-steps", "3", "--no-progress"]) == 0
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")

@@ -107,6 +107,52 @@ def variant_config(base: TrainConfig, variant: str, seed: int, run_dir: Path) ->
     return cfg
 
 
+def final_map(cfg: TrainConfig) -> tuple[int, int] | None:
+    """The height and width of the last feature map (what fc6 sees) for ``cfg``'s network and
+    image size; None where the image is too small for it."""
+    import torch
+
+    from .models import create_model
+
+    model = create_model(cfg.model, num_classes=10, in_channels=cfg.in_channels or 1, **cfg.model_kwargs())
+    try:
+        with torch.no_grad():
+            return tuple(model.features(torch.zeros(1, cfg.in_channels or 1, cfg.image_size, cfg.image_size)).shape[-2:])
+    except RuntimeError:
+        return None
+
+
+# The smallest last feature map a comparison of the variants is made on: at 1x1 fc6 sees one
+# vector per channel and pooling choices barely matter; at 3x3 there is a map to pool over.
+MIN_FINAL_MAP = 3
+
+
+def check_final_maps(base: TrainConfig, variants: Sequence[str]) -> dict[str, tuple[int, int] | None]:
+    """Every variant's last feature map, which must be the same and at least 3x3.
+
+    Where it differs (3/2 against 2/2 pooling at most sizes) fc6 of one variant sees more
+    distinct inputs than the other's and the comparison says more about that than about the
+    choice it ablates; a one-line error names the image sizes where they agree.
+    """
+    if base.model not in ("alexnet_paper", "alexnet_paper_grouped"):
+        raise AlexNetError(f"the ablation varies the paper models only (alexnet_paper, alexnet_paper_grouped), not {base.model}")
+    maps = {v: final_map(variant_config(base, v, 0, Path("."))) for v in variants}
+    if len(set(maps.values())) == 1 and None not in maps.values() and min(maps[variants[0]]) >= MIN_FINAL_MAP:
+        return maps
+    good = []
+    for size in range(63, 400):
+        at = {v: final_map(variant_config(TrainConfig.from_dict({**base.to_dict(), "image_size": size}), v, 0, Path(".")))
+              for v in dict.fromkeys([variants[0], *variants])}  # fmt: skip
+        if len(set(at.values())) == 1 and None not in at.values() and min(at[variants[0]]) >= MIN_FINAL_MAP:
+            good.append(size)
+        if len(good) == 4:
+            break
+    shown = ", ".join(f"{v} {'x'.join(map(str, m)) if m else 'none'}" for v, m in maps.items())
+    raise AlexNetError(f"at --image-size {base.image_size} the variants' last feature maps are {shown}; they must be the "
+                       f"same and at least {MIN_FINAL_MAP}x{MIN_FINAL_MAP} to compare like with like: try --image-size "
+                       f"{', '.join(map(str, good))}")  # fmt: skip
+
+
 def describe_setup(cfg: TrainConfig, seeds: Sequence[int]) -> str:
     """One sentence saying what every run of an ablation shares."""
     amp = ", bfloat16 autocast" if cfg.amp else ""
@@ -142,8 +188,8 @@ def run_ablation(
     from .engine import fit
     from .engine.fit import TrainingStopped
 
-    if base.model not in ("alexnet_paper", "alexnet_paper_grouped"):
-        raise AlexNetError(f"the ablation varies the paper models only (alexnet_paper, alexnet_paper_grouped), not {base.model}")
+    maps = check_final_maps(base, variants)
+    log("last feature map (what fc6 sees): " + ", ".join(f"{v} {'x'.join(map(str, m))}" for v, m in maps.items()))
     out = Path(out)
     results: list[RunResult] = []
     total = len(variants) * len(seeds)
@@ -231,13 +277,16 @@ def result_from_run(run_dir: Path, variant: str, seed: int, final_eval: dict) ->
     )
 
 
-def summary_row(variant: str, runs: Sequence[RunResult], baseline_mean: float | None) -> dict:
+def summary_row(variant: str, runs: Sequence[RunResult], baseline_mean: float | None,
+                final_maps: dict[str, str] | None = None) -> dict:  # fmt: skip
     """Mean, sample std, min and max over seeds of the runs of one variant that did not fail."""
+    final_maps = final_maps or {}
     ok = [r for r in runs if r.status != "failed"]
     top1 = [r.top1_error for r in ok]
     return {
         "variant": variant,
         "change": VARIANTS[variant].change,
+        "final_map": final_maps.get(variant, ""),
         "runs": len(ok),
         "failed": len(runs) - len(ok),
         "top1_errors": top1,
@@ -252,27 +301,29 @@ def summary_row(variant: str, runs: Sequence[RunResult], baseline_mean: float | 
     }
 
 
-SUMMARY_FIELDS = ["variant", "change", "runs", "failed", "top1_error_mean", "top1_error_std", "top1_error_min",
+SUMMARY_FIELDS = ["variant", "change", "final_map", "runs", "failed", "top1_error_mean", "top1_error_std", "top1_error_min",
                   "top1_error_max", "top5_error_mean", "train_error_mean", "delta_top1_vs_baseline", "paper"]  # fmt: skip
 
 
-def summarize(results: Sequence[RunResult]) -> list[dict]:
-    """One row per variant (in the order run): mean, std, min and max of the top-1 error over seeds."""
+def summarize(results: Sequence[RunResult], final_maps: dict[str, str] | None = None) -> list[dict]:
+    """One row per variant (in the order run): mean, std, min and max of the top-1 error over seeds;
+    ``final_maps``: each variant's last feature map, as "HxW"."""
     by_variant: dict[str, list[RunResult]] = {}
     for r in results:
         by_variant.setdefault(r.variant, []).append(r)
     base = [r.top1_error for r in by_variant.get("baseline", []) if r.status != "failed"]
     baseline_mean = _mean(base) if base else None
-    return [summary_row(name, runs, baseline_mean) for name, runs in by_variant.items()]
+    return [summary_row(name, runs, baseline_mean, final_maps) for name, runs in by_variant.items()]
 
 
-def write_report(results: Sequence[RunResult], stem: str | Path, *, setup: str, title: str) -> list[Path]:
+def write_report(results: Sequence[RunResult], stem: str | Path, *, setup: str, title: str,
+                 final_maps: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
     """``stem``.csv (one row per variant), ``stem``-runs.csv (one per run), ``stem``.md and ``stem``.png."""
     from . import plots
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results)
+    summary = summarize(results, final_maps)
     paths = [stem.with_suffix(".csv"), stem.parent / f"{stem.name}-runs.csv", stem.with_suffix(".md")]
     with paths[0].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
@@ -297,11 +348,12 @@ def markdown_table(summary: Sequence[dict], *, setup: str, title: str) -> str:
         "",
         setup,
         "",
-        "Top-1 and top-5 error of the final weights on the evaluation split; mean ± sample std over seeds, "
+        "Top-1 and top-5 error of the final weights on the validation split; mean ± sample std over seeds, "
         "and the range. Train error: the last epoch's running error (dropout and augmentation on).",
         "",
-        "| variant | change | runs | top-1 error | min–max | Δ top-1 vs baseline (points) | top-5 error | train error | the paper (ImageNet) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | change | last feature map | runs | top-1 error | min–max | Δ top-1 vs baseline (points) | top-5 error | "
+        "train error | the paper (ImageNet) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in summary:
         std = row["top1_error_std"]
@@ -311,7 +363,7 @@ def markdown_table(summary: Sequence[dict], *, setup: str, title: str) -> str:
         delta_text = "–" if delta != delta or row["variant"] == "baseline" else f"{100 * delta:+.2f}"
         runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append(
-            f"| {row['variant']} | {row['change']} | {runs} | {mean} | {spread} | {delta_text} | "
+            f"| {row['variant']} | {row['change']} | {row['final_map'] or '–'} | {runs} | {mean} | {spread} | {delta_text} | "
             f"{_pct(row['top5_error_mean'])} | {_pct(row['train_error_mean'])} | {row['paper'] or '–'} |"
         )
     return "\n".join(lines) + "\n"

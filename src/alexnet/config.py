@@ -37,6 +37,10 @@ class TrainConfig:
     val_dir: str | None = None
     val_labels: str | None = None
     subset: int | None = None
+    # Training images kept apart to validate (choose best.pt, drive the plateau rule); the test
+    # split is then read once, at the end. None: the dataset's default (5,000 for Fashion-MNIST
+    # and CIFAR-10); 0: validate on the held-out split, as before.
+    val_split: int | None = None
     workers: int = 2
     download: bool = True
 
@@ -190,6 +194,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps > 0, "--max-steps must be positive"),
         (cfg.train_steps is None or cfg.train_steps > 0, "train_steps must be positive"),
         (cfg.subset is None or cfg.subset > 0, "--subset must be positive"),
+        (cfg.val_split is None or cfg.val_split >= 0, "--val-split must not be negative"),
         (cfg.image_size > 0, f"--image-size must be positive, got {cfg.image_size}"),
         (cfg.pool_kernel is None or cfg.pool_kernel > 0, f"--pool-kernel must be positive, got {cfg.pool_kernel}"),
         (cfg.pool_stride is None or cfg.pool_stride > 0, f"--pool-stride must be positive, got {cfg.pool_stride}"),
@@ -208,6 +213,12 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.tta in (None, "10crop"), f"unknown --tta {cfg.tta!r}; the only one is 10crop"),
     ]
     checks += [
+        # Flags that would be ignored are refused, so that a run is what its command line says.
+        (not (cfg.warmup_epochs > 0 and cfg.scheduler == "onecycle"),
+         "--warmup-epochs does nothing with --scheduler onecycle, which warms up over its first 25% of steps; drop it"),
+        (not (cfg.min_lr > 0 and cfg.scheduler not in ("cosine", "plateau")),
+         f"--min-lr is the floor of the cosine schedule and of the plateau rule's cuts; --scheduler {cfg.scheduler} "
+         "does not use it"),
         (cfg.skip_nonfinite >= 0, "--skip-nonfinite must not be negative"),
         (cfg.num_classes is None or cfg.num_classes > 0, f"--num-classes must be positive, got {cfg.num_classes}"),
         (cfg.save_every is None or cfg.save_every > 0, "--save-every must be positive"),

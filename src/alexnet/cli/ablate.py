@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..ablation import VARIANTS, describe_setup, parse_variants, run_ablation, write_report
+from ..ablation import VARIANTS, check_final_maps, describe_setup, parse_variants, run_ablation, write_report
 from ..config import PRESETS, TrainConfig, resolve_config
 from ..errors import AlexNetError
 from .train import ARGUMENTS
 
 # The ablated axes and the outputs are the ablation's to set, not the user's.
-FIXED = {"--dropout", "--init", "--lrn", "--pool-kernel", "--pool-stride", "--init-from", "--out", "--resume", "--seed"}
+# No --time-budget: each variant would plan its epochs on its own speed, and the variants must
+# train the same epochs to be compared (a preset's budget is dropped, as the description says).
+FIXED = {"--dropout", "--init", "--lrn", "--pool-kernel", "--pool-stride", "--init-from", "--out", "--resume", "--seed",
+         "--time-budget"}
 
 
 def add_parser(sub) -> None:
@@ -20,7 +23,8 @@ def add_parser(sub) -> None:
         help="train the paper's ablations and tabulate their test error",
         description="Train variants of the paper's network (each changes one of its choices) with the same "
         "data, budget, data order and seeds, and write a table (CSV, Markdown) and a bar plot of their "
-        "error over seeds. Every variant x seed is a run directory OUT/<variant>/seed-<s>/; running the "
+        "error over seeds. There is no time budget (a preset's is dropped): every variant trains the same "
+        "epochs. Every variant x seed is a run directory OUT/<variant>/seed-<s>/; running the "
         "same command again reuses finished runs and resumes unfinished ones. Variants: "
         + "; ".join(f"{v.name}: {v.change}" for v in VARIANTS.values()),
     )
@@ -50,12 +54,13 @@ def run(args) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     title = f"Ablations of {base.model} on {base.dataset}"
     setup = describe_setup(base, seeds)
+    maps = {v: "x".join(map(str, m)) for v, m in check_final_maps(base, variants).items()}
 
     def report(results):
-        write_report(results, out / "ablation", setup=setup, title=title)
+        write_report(results, out / "ablation", setup=setup, title=title, final_maps=maps)
 
     results = run_ablation(base, variants, seeds, out, after_each=report)
-    paths = write_report(results, out / "ablation", setup=setup, title=title)
+    paths = write_report(results, out / "ablation", setup=setup, title=title, final_maps=maps)
     print((out / "ablation.md").read_text(), end="")
     print("written: " + ", ".join(str(p) for p in paths))
     return 0 if all(r.status != "failed" for r in results) else 1

@@ -31,6 +31,9 @@ ARGUMENTS: list[tuple[str, str, dict]] = [
     ("Data", "--val-dir", dict(metavar="DIR", help="imagefolder: class folders (or flat ILSVRC val) for validation")),
     ("Data", "--val-labels", dict(metavar="FILE", help="imagefolder: labels file for a flat validation folder")),
     ("Data", "--subset", dict(type=int, metavar="N", help="use only the first N images of each split")),
+    ("Data", "--val-split", dict(type=int, metavar="N", help="keep N training images apart (seeded, stratified) to "
+                                 "choose best.pt and drive the schedule; the test split is read once, at the end "
+                                 "(default: 5000 for fashion-mnist and cifar10, none otherwise; 0: validate on the test split)")),
     ("Data", "--workers", dict(type=int, help="imagefolder decoding processes")),
     ("Data", "--download", dict(action=_BOOL, help="try torchvision's downloader when no local copy is found")),
     ("Optimization", "--optimizer", dict(choices=("sgd", "adamw"))),
@@ -45,20 +48,22 @@ ARGUMENTS: list[tuple[str, str, dict]] = [
     ("Optimization", "--scale-lr", dict(action=_BOOL, help="linear scaling rule: lr x global batch / 256")),
     ("Schedule", "--epochs", dict(type=int)),
     ("Schedule", "--scheduler", dict(choices=("none", "step", "plateau", "cosine", "onecycle"))),
-    ("Schedule", "--warmup-epochs", dict(type=float)),
+    ("Schedule", "--warmup-epochs", dict(type=float, help="linear warm-up (every schedule but onecycle, which has its own)")),
     ("Schedule", "--step-epochs", dict(type=int, help="step: epochs between cuts")),
     ("Schedule", "--gamma", dict(type=float, help="step/plateau: the factor of each cut")),
     ("Schedule", "--patience", dict(type=int, help="plateau: epochs without improvement before a cut")),
-    ("Schedule", "--min-lr", dict(type=float)),
-    ("Schedule", "--time-budget", dict(type=float, metavar="MIN", help="minutes for the run: plan the steps that fit "
-                                       "here, whole epochs and a shorter last one, at most --epochs (measured first; 0: no budget)")),
+    ("Schedule", "--min-lr", dict(type=float, help="cosine: the rate it ends at; plateau: no cut goes below it")),
+    ("Schedule", "--time-budget", dict(type=float, metavar="MIN", help="minutes for the whole command: plan the steps "
+                                       "that fit here (measured first), at most --epochs, and re-plan as it goes so that "
+                                       "it ends in time with its schedule annealed (0: no budget)")),
     ("Augmentation", "--crop", dict(action=_BOOL, help="random crops (padded for small images, random-resized for folders)")),
     ("Augmentation", "--crop-padding", dict(type=int, metavar="PX")),
     ("Augmentation", "--flip", dict(action=_BOOL, help="random horizontal flips")),
     ("Augmentation", "--rotate", dict(type=float, metavar="DEG")),
     ("Augmentation", "--translate", dict(type=float, metavar="FRAC")),
     ("Augmentation", "--pca-color", dict(type=float, metavar="STD", help="the paper's PCA colour noise; 0.1 in the paper")),
-    ("Augmentation", "--tta", dict(choices=("10crop",), help="validate with the paper's 10-crop test")),
+    ("Augmentation", "--tta", dict(choices=("10crop",), help="validate with the paper's 10-crop test (needs --crop: "
+                                   "the crops are shifts within training's crop padding)")),
     ("Runtime", "--device", dict(help="auto, cpu, cuda, cuda:N or mps")),
     ("Runtime", "--amp", dict(action=_BOOL, help="mixed precision: bfloat16 on CPU, bfloat16/float16 on CUDA")),
     ("Runtime", "--compile", dict(action=_BOOL, help="torch.compile the model")),
@@ -117,5 +122,5 @@ def run(args) -> int:
     from ..engine import fit
 
     cfg = config_from_args(args)
-    fit(cfg)
+    fit(cfg, started=getattr(args, "started", None))
     return 0

@@ -1,7 +1,9 @@
 """Data: Fashion-MNIST, CIFAR-10, ImageNet-style folders and synthetic images.
 
 ``build_loaders(cfg, device=..., batch_size=...)`` returns ``(train, val, info)``; both
-loaders yield ``(images, labels)`` on the device, ready for the model. See README.md in
+loaders yield ``(images, labels)`` on the device, ready for the model. With a validation
+split (``cfg.val_split``) val is carved from the training images and ``build_test_loader``
+reads the held-out split. See README.md in
 this folder for the defaults, the figures and the file formats.
 """
 
@@ -21,7 +23,7 @@ from .fashion_mnist import load_fashion_mnist
 from .idx import read_idx
 from .imagefolder import ImageFolderLoader, UnreadableImageWarning
 from .in_memory import InMemoryLoader, SmallDataset
-from .loaders import Loader, build_loaders, load_small_dataset
+from .loaders import Loader, build_loaders, build_test_loader, load_small_dataset
 from .preprocess import Preprocess, build_preprocess
 from .synthetic import make_synthetic
 
@@ -32,6 +34,7 @@ __all__ = [
     "DatasetInfo",
     "Loader",
     "build_loaders",
+    "build_test_loader",
     "build_preprocess",
     "Preprocess",
     "resolve_augmentation",

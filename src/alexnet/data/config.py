@@ -26,14 +26,18 @@ class DatasetDefaults:
     crop_padding: int  # zero padding before the random crop at native size (in-memory datasets)
     pca_color: float  # std of the paper's alpha
     eval_crop_ratio: float  # crop / resize at evaluation: 1.0 keeps the whole image
+    # Training images kept apart as the validation split (capped at a tenth of the training
+    # set); 0: the dataset's own held-out split validates, as for ImageNet's val folder.
+    val_split: int = 0
 
 
 DATASET_DEFAULTS = {
     # 28 px garments centred with a 2-4 px margin: 2 px of shift keeps them on the canvas.
     # One channel: the "principal component" is plain brightness, so PCA noise is off.
-    "fashion-mnist": DatasetDefaults(crop_padding=2, pca_color=0.0, eval_crop_ratio=1.0),
+    # Their held-out split is the official test split: 5,000 training images validate instead.
+    "fashion-mnist": DatasetDefaults(crop_padding=2, pca_color=0.0, eval_crop_ratio=1.0, val_split=5000),
     # The usual 4 px for 32 px CIFAR; the paper's colour noise on.
-    "cifar10": DatasetDefaults(crop_padding=4, pca_color=0.1, eval_crop_ratio=1.0),
+    "cifar10": DatasetDefaults(crop_padding=4, pca_color=0.1, eval_crop_ratio=1.0, val_split=5000),
     # The paper: RandomResizedCrop-style crops, alpha ~ N(0, 0.1), 224-from-256 (0.875) at test.
     "imagefolder": DatasetDefaults(crop_padding=0, pca_color=0.1, eval_crop_ratio=0.875),
     # Smoke tests and benchmarks: cheap, deterministic, nothing exotic.
@@ -56,6 +60,10 @@ class DataConfig:
     val_labels: str | None = None  # imagefolder: labels file for the flat ILSVRC2012 val layout
     download: bool = True  # try torchvision's downloader when nothing is found locally
     subset: int | None = None  # use only the first N images of each split
+    # Training images kept apart (seeded, stratified) as the validation split; the held-out
+    # split is then the test split, for the caller to read once. 0: none; None: the dataset's
+    # default (5,000 for Fashion-MNIST and CIFAR-10, at most a tenth of the training set).
+    val_split: int | None = 0
     image_size: int = 227  # the model's input size
     in_channels: int | None = None  # None: the dataset's own (1 for Fashion-MNIST, 3 otherwise)
     workers: int = 2  # imagefolder DataLoader workers
@@ -97,6 +105,10 @@ class DatasetInfo:
     preprocess: dict  # JSON-able spec for build_preprocess, stored in checkpoints
     augment: dict = field(default_factory=dict)  # the resolved train-time augmentation
     source: str = ""  # where the files were read from
+    # Training images kept apart as the validation split (train_size excludes them); 0: the
+    # dataset's held-out split validates.
+    val_split: int = 0
+    test_size: int = 0  # images in the held-out split (after --subset), whichever split validates
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -109,6 +121,8 @@ def check_config(cfg: DataConfig) -> None:
         raise AlexNetError(f"in_channels must be 1 or 3, got {cfg.in_channels}")
     if cfg.subset is not None and cfg.subset < 1:
         raise AlexNetError(f"subset must be at least 1, got {cfg.subset}")
+    if cfg.val_split is not None and cfg.val_split < 0:
+        raise AlexNetError(f"--val-split must be 0 or more, got {cfg.val_split}")
     if cfg.workers < 0:
         raise AlexNetError(f"workers must be 0 or more, got {cfg.workers}")
     if cfg.crop_padding is not None and cfg.crop_padding < 0:

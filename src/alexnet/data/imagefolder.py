@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import AlexNetError
 from .batch_transforms import center_crop_box
 from .locate import find_in_roots, search_roots
-from .sampling import EpochLoader, EpochSampler, mix_seed
+from .sampling import EpochLoader, EpochSampler, mix_seed, stratified_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FILE_NAMES = ("val_labels.txt", "val.txt", "LOC_val_solution.csv")
@@ -76,7 +76,15 @@ class ImageList:
             order.extend(g[depth] for g in groups if depth < len(g))
             depth += 1
         order = order[:n]
-        return ImageList([self.paths[i] for i in order], [self.targets[i] for i in order])
+        return self.take(order)
+
+    def take(self, indices) -> ImageList:
+        return ImageList([self.paths[i] for i in indices], [self.targets[i] for i in indices])
+
+    def split_off(self, n: int) -> tuple[ImageList, ImageList]:
+        """(the rest, ``n`` images kept apart): stratified by class, seeded (sampling.stratified_split)."""
+        keep, apart = stratified_split(torch.tensor(self.targets), n)
+        return self.take(keep.tolist()), self.take(apart.tolist())
 
 
 def is_image_file(name: str) -> bool:

@@ -6,6 +6,7 @@ imagefolder takes the DataLoader path (imagefolder.py). Both loaders follow ``Lo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Protocol
 
 import torch
@@ -14,11 +15,12 @@ from ..errors import AlexNetError
 from .batch_transforms import BatchEvalTransform, BatchTrainTransform
 from .cifar10 import load_cifar10
 from .color import IMAGENET_MEAN, IMAGENET_STD, convert_stats, imagenet_pca, pca_in_model_space, pixel_moments
-from .config import DataConfig, DatasetInfo, check_config, resolve_augmentation
+from .config import DATASET_DEFAULTS, DataConfig, DatasetInfo, check_config, resolve_augmentation
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import DecodedImages, ImageFolderLoader, locate_imagefolder, scan_train, scan_val
 from .in_memory import InMemoryLoader, SmallDataset
 from .preprocess import make_spec
+from .sampling import stratified_split
 from .synthetic import make_synthetic
 
 TTA_MODES = (None, "10crop")
@@ -54,6 +56,9 @@ def build_loaders(
 
     ``tta="10crop"`` makes the val loader yield (B, 10, C, S, S): the paper's four corner
     and centre crops and their mirrors, for the caller to average softmax over dim 1.
+
+    With ``cfg.val_split`` (resolved by ``val_split_size``) the val loader reads training
+    images kept apart, and the dataset's held-out split is left for ``build_test_loader``.
     """
     check_config(cfg)
     if tta not in TTA_MODES:
@@ -76,6 +81,43 @@ def build_loaders(
     return _in_memory_loaders(cfg, **common)
 
 
+def build_test_loader(
+    cfg: DataConfig,
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    tta: str | None = None,
+) -> tuple[Loader, DatasetInfo]:
+    """The dataset's held-out split (the test split) through the evaluation transform.
+
+    Read only when asked, so that a run with a validation split reads its test split once,
+    at the end.
+    """
+    _, test, info = build_loaders(
+        dataclasses.replace(cfg, val_split=0), device=device, batch_size=batch_size, eval_batch_size=batch_size,
+        seed=seed, rank=rank, world_size=world_size, tta=tta,
+    )  # fmt: skip
+    return test, info
+
+
+def val_split_size(cfg: DataConfig, train_size: int) -> int:
+    """How many training images ``cfg.val_split`` keeps apart, of ``train_size`` (after --subset).
+
+    None takes the dataset's default, at most a tenth of the training set; a number given
+    must leave training images.
+    """
+    if cfg.val_split is None:
+        return min(DATASET_DEFAULTS[cfg.dataset].val_split, train_size // 10)
+    if cfg.val_split >= train_size:
+        raise AlexNetError(f"--val-split {cfg.val_split} keeps every training image apart: there are {train_size}"
+                           f"{' after --subset' if cfg.subset is not None else ''}; give fewer, or 0 to validate "
+                           "on the held-out split")  # fmt: skip
+    return cfg.val_split
+
+
 def load_small_dataset(cfg: DataConfig) -> SmallDataset:
     """Both splits of an in-memory dataset, as stored (native channels and size), after --subset."""
     if cfg.dataset == "fashion-mnist":
@@ -94,6 +136,20 @@ def load_small_dataset(cfg: DataConfig) -> SmallDataset:
     else:
         raise AlexNetError(f"{cfg.dataset} is not an in-memory dataset")
     return data.head(cfg.subset)
+
+
+def carve_val_split(data: SmallDataset, n: int) -> SmallDataset:
+    """``data`` with ``n`` training images as its val split (stratified, seeded) in place of the held-out one."""
+    if n == 0:
+        return data
+    train_idx, val_idx = stratified_split(data.train_labels, n)
+    return dataclasses.replace(
+        data,
+        train_images=data.train_images[train_idx],
+        train_labels=data.train_labels[train_idx],
+        val_images=data.train_images[val_idx],
+        val_labels=data.train_labels[val_idx],
+    )
 
 
 def normalization(
@@ -129,7 +185,15 @@ def dataset_info(spec: dict, aug: dict, class_names: list[str], train_size: int,
 
 def _in_memory_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, world_size, tta):
     aug = resolve_augmentation(cfg)
+    if tta == "10crop" and aug["crop_padding"] == 0:
+        # Its crops are shifts within the padding that training's random crops draw from.
+        raise AlexNetError("--tta 10crop takes its five crops within the padding of training's random crops; with "
+                           "--no-crop (or --crop-padding 0) they are one image five times and only the mirror differs: "
+                           "train with --crop, or drop --tta")  # fmt: skip
     data = load_small_dataset(cfg)
+    n_val = val_split_size(cfg, len(data.train_images))
+    test_size = len(data.val_images)
+    data = carve_val_split(data, n_val)
     native = data.train_images.shape[1]
     in_channels = cfg.in_channels or native
     mean, std = normalization(cfg, data.mean, data.std, in_channels)
@@ -177,6 +241,7 @@ def _in_memory_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, 
         data.val_images, data.val_labels, batch_size=eval_batch_size, train=False, transform=val_tf, **shard
     )
     info = dataset_info(spec, aug, list(data.class_names), len(data.train_images), len(data.val_images), data.source)
+    info.val_split, info.test_size = n_val, test_size
     return train, val, info
 
 
@@ -186,6 +251,10 @@ def _imagefolder_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank
     classes, train_images = scan_train(train_dir)
     val_images = scan_val(val_dir, classes, train_dir, cfg.val_labels)
     train_images, val_images = train_images.head(cfg.subset), val_images.head(cfg.subset)
+    n_val = val_split_size(cfg, len(train_images))
+    test_size = len(val_images)
+    if n_val:
+        train_images, val_images = train_images.split_off(n_val)
     in_channels = cfg.in_channels or 3
     mean, std = normalization(cfg, IMAGENET_MEAN, IMAGENET_STD, in_channels)
     eigval = eigvec = None
@@ -229,4 +298,5 @@ def _imagefolder_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank
     train = ImageFolderLoader(train_ds, split="train", batch_size=batch_size, train=True, transform=train_tf, **shard)
     val = ImageFolderLoader(val_ds, split="val", batch_size=eval_batch_size, train=False, transform=val_tf, **shard)
     info = dataset_info(spec, aug, classes, len(train_images), len(val_images), f"{train_dir} and {val_dir}")
+    info.val_split, info.test_size = n_val, test_size
     return train, val, info

@@ -95,3 +95,33 @@ class EpochLoader:
         """Reseed shuffling and augmentation from (seed, epoch); iteration then starts at batch
         ``start_batch`` of that epoch (a resumed run), with the same batches it would have had."""
         self.epoch, self.start_batch = epoch, start_batch
+
+
+# The validation split is a property of the dataset, not of the run: every seed, rank and
+# resumed run keeps the same images apart, so runs compare on the same images.
+VAL_SPLIT_SEED = 20120
+
+
+def stratified_split(labels: torch.Tensor, n: int, seed: int = VAL_SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): ``n`` of ``labels``' positions kept apart, each class in
+    its share of the whole (largest remainders round), chosen at random from ``seed``; both in
+    ascending order."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    if not 0 < n < len(labels):
+        raise ValueError(f"cannot keep {n} of {len(labels)} samples apart")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / len(labels)
+    take = exact.floor().long()
+    short = n - int(take.sum())
+    if short:  # the classes with the largest remainders get one more each
+        order = torch.argsort(exact - take, descending=True, stable=True)
+        take[order[:short]] += 1
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == c).reshape(-1)
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    val = torch.cat(chosen).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).reshape(-1), val

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import distributed as dist
 from .checkpoint import rng_state, set_rng_state
 from .optim import LRSchedule, create_optimizer
 from .train import StepOptions, train_one_epoch
@@ -172,3 +173,83 @@ def plan_epochs(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.Mod
     )
     return {"epochs": epochs, "train_steps": steps, "max_epochs": cfg.epochs, "step_s": speed.step_s,
             "eval_batch_s": speed.eval_batch_s, "epoch_s": per_epoch, "setup_s": elapsed_s, "message": message}  # fmt: skip
+
+
+# How often (in seconds of planned steps) a budgeted run checks the clock within an epoch.
+CHECK_EVERY_S = 5.0
+# Kept free at the end for what is not measured: the plots, closing files, the interpreter's exit.
+END_S = 5.0
+
+
+class BudgetKeeper:
+    """Holds a budgeted run to its deadline.
+
+    The first plan comes from a few steps timed before training (``plan_epochs``); steps
+    can turn slower afterwards (another program on the cores, a hot CPU, a slower disk for
+    the checkpoints). Every ``every`` steps and at each epoch end the keeper re-plans from
+    what it measured since: the steps that still fit before the deadline, leaving time for
+    each remaining evaluation and checkpoint and for the final test. When fewer fit than
+    planned it cuts the run short and fits the rest of the schedule into the steps left
+    (``LRSchedule.replan``), so the run still anneals and ends with a checkpoint. It never
+    lengthens a run: the plan printed at the start is the most it will train.
+
+    Under torchrun rank 0 decides and the others follow, at the same steps.
+    """
+
+    def __init__(self, *, deadline: float, total_steps: int, steps_per_epoch: int, step_s: float, eval_s: float,
+                 save_s: float, test_s: float, schedule, agree: bool = False):  # fmt: skip
+        self.deadline, self.total, self.steps_per_epoch = deadline, total_steps, steps_per_epoch
+        self.step_s, self.eval_s, self.save_s, self.test_s = step_s, eval_s, save_s, test_s
+        self.schedule, self.agree = schedule, agree
+        self.every = self._interval(step_s)
+        self.mark: tuple[int, float] | None = None  # (step, time) the current stretch of steps began
+        self.cuts: list[tuple[int, int]] = []  # (at step, new total), for the log
+
+    def _interval(self, step_s: float) -> int:
+        """Steps between checks: about CHECK_EVERY_S of them, and at least four checks an epoch."""
+        by_time = int(CHECK_EVERY_S / step_s) if step_s > 0 else 1
+        return max(1, min(by_time, self.steps_per_epoch // 4))
+
+    def start_stretch(self, step: int) -> None:
+        """Steps from here on are timed (called when an epoch's training begins)."""
+        self.mark = (step, time.perf_counter())
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 and step < self.total
+
+    def seconds_needed(self, step: int, total: int) -> float:
+        """From ``step`` to the end of a run of ``total`` steps: the steps, an evaluation and a
+        checkpoint at each epoch end on the way, the test and the end."""
+        epoch_ends = -(-total // self.steps_per_epoch) - step // self.steps_per_epoch
+        return (total - step) * self.step_s + max(1, epoch_ends) * (self.eval_s + self.save_s) + self.test_s + END_S
+
+    def fitting_total(self, step: int, now: float) -> int:
+        """The most steps, at most the current plan, that end in time; ``step`` when none fit."""
+        left = self.deadline - now
+        if self.seconds_needed(step, self.total) <= left:
+            return self.total
+        lo, hi = step, self.total  # seconds_needed grows with the total: bisect
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.seconds_needed(step, mid) <= left else (lo, mid - 1)
+        return lo
+
+    def check(self, step: int, *, step_s: float | None = None, eval_s: float | None = None,
+              save_s: float | None = None) -> int:  # fmt: skip
+        """Re-plan at ``step`` from the step time since the stretch began (or the figures given);
+        returns the run's total steps, cut where it no longer fits."""
+        now = time.perf_counter()
+        if step_s is None and self.mark is not None and step > self.mark[0]:
+            step_s = (now - self.mark[1]) / (step - self.mark[0])
+        for name, value in (("step_s", step_s), ("eval_s", eval_s), ("save_s", save_s)):
+            if value is not None:
+                setattr(self, name, value)
+        total, every = self.fitting_total(step, now), self._interval(self.step_s)
+        if self.agree:  # rank 0's clock decides for all
+            total, every = dist.broadcast_object((total, every))
+        self.every = every
+        if total < self.total:
+            self.schedule.replan(step, total)
+            self.cuts.append((step, total))
+            self.total = total
+        return self.total

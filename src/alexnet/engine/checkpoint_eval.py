@@ -62,6 +62,7 @@ def evaluate_checkpoint(
     if batch_size is not None and batch_size < 1:
         raise AlexNetError(f"--batch-size must be positive, got {batch_size}")
     cfg.in_channels = ckpt["model_args"]["in_channels"]
+    cfg.val_split = 0  # the dataset's held-out split, whatever the run validated on
     dev = select_device(device)
     batch = batch_size or cfg.eval_batch_size or cfg.batch_size
     _, loader, info = build_loaders(data_config(cfg), device=dev, batch_size=batch, eval_batch_size=batch, tta=tta)

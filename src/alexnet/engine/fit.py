@@ -20,13 +20,13 @@ import torch.nn as nn
 
 from .. import plots
 from ..config import TrainConfig
-from ..data import DataConfig, DatasetInfo, build_loaders
+from ..data import DataConfig, DatasetInfo, build_loaders, build_test_loader
 from ..data.sampling import mix_seed
 from ..errors import AlexNetError
 from ..models import create_model, model_info
 from . import distributed as dist
 from .cpu import has_fast_bfloat16, keep_freed_memory, subnormals_flushed
-from .budget import plan_epochs
+from .budget import BudgetKeeper, plan_epochs
 from .checkpoint import (
     load_model_state, model_state, rank_partial, rank_rng_state, read_checkpoint, restore_training, rng_state,
     save_checkpoint, set_rng_state,
@@ -136,6 +136,7 @@ def data_config(cfg: TrainConfig) -> DataConfig:
         val_labels=cfg.val_labels,
         download=cfg.download,
         subset=cfg.subset,
+        val_split=cfg.val_split,
         image_size=cfg.image_size,
         in_channels=cfg.in_channels,
         workers=cfg.workers,
@@ -243,6 +244,12 @@ class RunDirectory:
                 self.writer.add_scalar(k, float(row[k]), int(row["epoch"]))
             self.writer.flush()
 
+    def write_test(self, result: dict, best_epoch: int) -> None:
+        """test.json: the test split's figures for best.pt, read once at the end of the run."""
+        if self.enabled:
+            keep = {k: result[k] for k in ("top1", "top5", "loss", "n")}
+            (self.root / "test.json").write_text(json.dumps({**keep, "checkpoint": "best.pt", "epoch": best_epoch}) + "\n")
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -258,9 +265,13 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def fit(cfg: TrainConfig) -> dict:
-    """Train and evaluate as ``cfg`` says; returns the final evaluation and the run directory."""
-    started = time.perf_counter()
+def fit(cfg: TrainConfig, started: float | None = None) -> dict:
+    """Train and evaluate as ``cfg`` says; returns the final evaluation and the run directory.
+
+    ``started``: when the command started (a ``time.perf_counter()``), where a time budget
+    counts from; now when not given.
+    """
+    started = time.perf_counter() if started is None else started
     launched = dist.launched_by_torchrun()
     device = select_device(cfg.device, local_rank=launched[2] if launched else None,
                            local_world_size=launched[3] if launched else 1)  # fmt: skip
@@ -360,8 +371,15 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         patience=cfg.patience,
         min_lr=cfg.min_lr,
     )
+    if budget is not None:  # the plan holds to the deadline: re-planned as the run goes (budget.py)
+        opts.budget = BudgetKeeper(
+            deadline=started + cfg.time_budget * 60, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            step_s=budget["step_s"], eval_s=budget["eval_batch_s"] * len(val_loader),
+            save_s=checkpoint_seconds(model), test_s=budget["eval_batch_s"] * test_batches(info, cfg),
+            schedule=schedule, agree=dist.is_distributed(),
+        )  # fmt: skip
 
-    start_epoch, step, best_top1, nonfinite_skipped = 0, 0, -1.0, 0
+    start_epoch, step, best_top1, best_epoch, nonfinite_skipped = 0, 0, -1.0, 0, 0
     if resume_ckpt is not None:
         restore_training(resume_ckpt, model, optimizer, schedule, scaler, str(cfg.resume))
         stored_lr = float(resume_ckpt.get("config", {}).get("lr", cfg.lr))
@@ -369,6 +387,7 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             schedule.base_lrs = [b * cfg.lr / stored_lr for b in schedule.base_lrs]
         start_epoch, step = int(resume_ckpt["epoch"]), int(resume_ckpt["step"])
         best_top1 = float(resume_ckpt.get("best_top1", -1.0))
+        best_epoch = int(resume_ckpt.get("best_epoch", 0))
         nonfinite_skipped = int(resume_ckpt.get("nonfinite_skipped", 0))
         saved_rng = rank_rng_state(resume_ckpt, rank, world_size)
         if saved_rng is not None:
@@ -396,7 +415,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                           "mean": list(info.mean), "std": list(info.std)}}  # fmt: skip
     run.write_config(cfg, extra)
     log(
-        f"{cfg.model} on {info.name} ({info.train_size} train / {info.val_size} val images, {num_classes} classes, "
+        f"{cfg.model} on {info.name} ({info.train_size} train / {info.val_size} val images"
+        f"{' kept apart from train' if info.val_split else ''}, {num_classes} classes, "
         f"{in_channels}x{cfg.image_size}x{cfg.image_size}), device {device}, world size {world_size}, "
         f"batch {global_batch}, lr {lr:g}, run directory {run.root}"
     )
@@ -432,6 +452,7 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
             "class_names": list(info.class_names),
             "preprocess": info.preprocess,
             "best_top1": best_top1,
+            "best_epoch": best_epoch,
             "metrics": metrics_row,
             "batch_in_epoch": unfinished["batches"] if unfinished else 0,
             "partial": unfinished["partial"] if unfinished else None,
@@ -455,7 +476,9 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         dist.raise_together(error, device)
 
     result: dict = {}
+    save_s = checkpoint_seconds(model)  # until one is timed
     epoch, stopped_by = start_epoch, None
+    weights_are_best, evaluated_epoch = False, start_epoch
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             # A signal that came during the last step or the evaluation, on any rank: all stop here.
@@ -467,6 +490,7 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 break
             first = epoch == start_epoch and resume_ckpt is not None
             start_batch = int(resume_ckpt.get("batch_in_epoch", 0)) if first else 0
+            step_before = step
             train_loader.set_epoch(epoch, start_batch=start_batch)
             opts.skip_nonfinite = cfg.skip_nonfinite - nonfinite_skipped
 
@@ -476,6 +500,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 save_on_rank0(state, "last.pt")
 
             t0 = time.perf_counter()
+            if opts.budget is not None:
+                opts.budget.start_stretch(step)
             train_metrics, step = train_one_epoch(
                 net, train_loader, optimizer, schedule, loss_fn, step=step, opts=opts,
                 progress=cfg.progress and dist.is_main_process(), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -496,6 +522,12 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 keep_mistakes=32, keep_samples=16, progress=cfg.progress and dist.is_main_process(), desc="validate",
             )  # fmt: skip
             epoch_time = time.perf_counter() - t0
+            if opts.budget is not None:  # re-plan from this epoch's times, before they are saved
+                eval_s = epoch_time - train_metrics["time_s"]
+                step_s = train_metrics["time_s"] / max(1, train_metrics["batches"] - start_batch)
+                opts.budget.check(step, step_s=step_s, eval_s=eval_s, save_s=save_s)
+                cfg = follow_budget(cfg, opts.budget.total, steps_per_epoch)
+                opts.max_steps = min(n for n in (cfg.max_steps, opts.budget.total) if n is not None)
             cut = schedule.epoch_end(1.0 - result["top1"]) if train_metrics["complete"] else False
             row = {
                 "epoch": epoch + 1,
@@ -509,10 +541,16 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 "epoch_time_s": f"{epoch_time:.2f}",
             }
             improved = result["top1"] > best_top1
-            best_top1 = max(best_top1, result["top1"])
+            if improved:
+                best_top1, best_epoch = result["top1"], epoch + 1
+            weights_are_best, evaluated_epoch = improved, epoch + 1
             done = train_metrics["complete"]
+            saving = time.perf_counter()
             state = checkpoint(epoch + 1 if done else epoch, row, None if done else train_metrics)
-            save_on_rank0(state, "last.pt", *(["best.pt"] if improved else []), metrics=row)
+            # best.pt before last.pt: a run killed between the two never has a last.pt naming a
+            # best epoch whose best.pt was not written.
+            save_on_rank0(state, *(["best.pt"] if improved else []), "last.pt", metrics=row)
+            save_s = time.perf_counter() - saving
             skipped = getattr(train_loader, "skipped", 0) + getattr(val_loader, "skipped", 0)
             log(
                 f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_metrics['train_loss']:.4f} "
@@ -521,6 +559,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 f"{train_metrics['images_per_s']:.0f} img/s  {epoch_time:.0f}s  lr {train_metrics['lr']:.3g}"
                 + ("" if train_metrics["complete"] else f"  (stopped at step {step}, "
                    + ("the time budget's last step)" if step == cfg.train_steps else "--max-steps)"))
+                + (f"  (time budget: steps ran slower than planned; the run now ends at step {cfg.train_steps or step})"
+                   if opts.budget is not None and opts.budget.cuts and opts.budget.cuts[-1][0] > step_before else "")
                 + ("  (lr cut)" if cut else "")
                 + (f"  [{skipped} unreadable images skipped]" if skipped else "")
             )
@@ -537,16 +577,79 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         limit += f" and the time budget's {cfg.train_steps} steps" if cfg.train_steps is not None else ""
         log(f"nothing to train: the run is at epoch {start_epoch}, step {step}, of --epochs {cfg.epochs}"
             f"{limit}; give more to go on")  # fmt: skip
-    if dist.is_main_process() and result:
-        write_plots(run, result, info)
-        log(
-            f"test accuracy: {100 * result['top1']:.2f}% top-1, {100 * result['top5']:.2f}% top-5 "
-            f"on {result['n']} {info.name} {'validation' if info.name == 'imagefolder' else 'test'} images "
-            f"(epoch {epoch + 1}, step {step}); run directory {run.root}"
-        )
+        run.close()
+        dist.cleanup()
+        return {"eval": result, "test": None, "run_dir": str(run.root), "step": step}
+    test = None
+    if info.val_split:
+        # The test split, read now and only now, judges the weights validation chose (best.pt).
+        if not weights_are_best:
+            best = best_weights(run)
+            if best is None:
+                log(f"{run.ckpt_dir / 'best.pt'} is missing: the test split judges the last weights instead")
+            else:
+                load_model_state(model, best, str(run.ckpt_dir / "best.pt"))
+        test_loader, _ = build_test_loader(
+            data_config(cfg), device=device, batch_size=cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed,
+            rank=rank, world_size=world_size, tta=cfg.tta,
+        )  # fmt: skip
+        test = evaluate(
+            net, test_loader, num_classes, autocast=autocast, channels_last=cfg.channels_last,
+            keep_mistakes=32, keep_samples=16, progress=cfg.progress and dist.is_main_process(), desc="test",
+        )  # fmt: skip
+    final = test or result
+    if dist.is_main_process():
+        write_plots(run, final, info, split="test" if test is not None or info.name != "imagefolder" else "validation")
+        if test is not None:
+            run.write_test(test, best_epoch)
+            log(
+                f"validation top-1 {100 * best_top1:.2f}% (best.pt, epoch {best_epoch}, on {info.val_size} training "
+                f"images kept apart); test accuracy: {100 * test['top1']:.2f}% top-1, {100 * test['top5']:.2f}% top-5 "
+                f"on {test['n']} {info.name} test images, read once with best.pt; run directory {run.root}"
+            )
+        else:
+            split = "validation" if info.name == "imagefolder" else "test"
+            log(
+                f"test accuracy: {100 * result['top1']:.2f}% top-1, {100 * result['top5']:.2f}% top-5 "
+                f"on {result['n']} {info.name} {split} images (epoch {evaluated_epoch}, step {step}"
+                + ("" if info.name == "imagefolder" else "; with --val-split 0 this split also chose best.pt")
+                + f"); run directory {run.root}"
+            )
     run.close()
     dist.cleanup()
-    return {"eval": result, "run_dir": str(run.root), "step": step}
+    return {"eval": result, "test": test, "best_top1": best_top1, "best_epoch": best_epoch, "run_dir": str(run.root),
+            "step": step}  # fmt: skip
+
+
+def best_weights(run: RunDirectory) -> dict | None:
+    """best.pt's weights on every rank (rank 0 reads the file and sends them); None without one."""
+    state, path = None, run.ckpt_dir / "best.pt"
+    if dist.is_main_process() and path.is_file():
+        state = model_state(read_checkpoint(path), str(path))
+    return dist.broadcast_object(state)
+
+
+def follow_budget(cfg: TrainConfig, total: int, steps_per_epoch: int) -> TrainConfig:
+    """``cfg`` with the run's length as the budget keeper now plans it (what checkpoints and a resume keep)."""
+    planned = cfg.train_steps or cfg.epochs * steps_per_epoch
+    if total >= planned:
+        return cfg
+    epochs = max(1, -(-total // steps_per_epoch))
+    return dataclasses.replace(cfg, epochs=epochs, train_steps=total if total < epochs * steps_per_epoch else None)
+
+
+def checkpoint_seconds(model: nn.Module) -> float:
+    """A first guess at writing a checkpoint (the weights and two optimizer buffers each, at
+    200 MB/s) until one is timed."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 200e6
+
+
+def test_batches(info: DatasetInfo, cfg: TrainConfig) -> int:
+    """Batches of the final test evaluation (none without a validation split: the last
+    epoch's evaluation is the final one)."""
+    if not info.val_split:
+        return 0
+    return -(-info.test_size // (cfg.eval_batch_size or cfg.batch_size))
 
 
 def reduce_train_metrics(m: dict, device: torch.device) -> dict:
@@ -562,8 +665,9 @@ def reduce_train_metrics(m: dict, device: torch.device) -> dict:
             "images_per_s": rate}  # fmt: skip
 
 
-def write_plots(run: RunDirectory, result: dict, info: DatasetInfo) -> None:
-    """plots/: curves.png, confusion.png and .json, misclassified.png, samples.png (validation, last epoch)."""
+def write_plots(run: RunDirectory, result: dict, info: DatasetInfo, split: str = "validation") -> None:
+    """plots/: curves.png, confusion.png and .json, misclassified.png, samples.png, of ``result``
+    (the final evaluation of ``split``)."""
     rows = run.read_metrics()
     if rows:
         plots.plot_curves(rows, run.plot_dir / "curves.png")
@@ -577,8 +681,8 @@ def write_plots(run: RunDirectory, result: dict, info: DatasetInfo) -> None:
             imgs.append(img)
             titles.append(f"true {names[true]}\npred {names[pred]}")
         plots.plot_images(imgs, titles, run.plot_dir / "misclassified.png", mean=info.mean, std=info.std,
-                          suptitle="Misclassified validation images")  # fmt: skip
+                          suptitle=f"Misclassified {split} images")  # fmt: skip
     if result.get("samples"):
         imgs, labels, probs = zip(*result["samples"])
         plots.plot_predictions(imgs, probs, names, run.plot_dir / "samples.png", true_labels=labels,
-                               mean=info.mean, std=info.std, suptitle="Validation samples and their top-3 predictions")  # fmt: skip
+                               mean=info.mean, std=info.std, suptitle=f"{split.capitalize()} samples and their top-3 predictions")  # fmt: skip

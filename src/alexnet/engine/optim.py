@@ -72,6 +72,10 @@ class LRSchedule:
 
     A linear warm-up over ``warmup_steps`` multiplies the result (not for onecycle, which
     has its own).
+
+    ``replan`` fits the rest of the curve into fewer (or more) steps from the current one on:
+    a time budget that finds the run slower than planned still anneals to the end, with no
+    jump in the rate.
     """
 
     def __init__(
@@ -96,13 +100,27 @@ class LRSchedule:
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.warmup_steps = 0 if kind == "onecycle" else warmup_steps
         self.step_epochs, self.gamma, self.patience, self.min_lr = step_epochs, gamma, patience, min_lr
+        # replan: from step ``s0`` on, the curve is read at ``e0 + (step - s0) * rate``
+        self.warp = (0, 0.0, 1.0)
+        self.planned = self.total_steps  # the steps the curve is fitted into
         # plateau state
         self.scale = 1.0
         self.best = math.inf
         self.bad_epochs = 0
 
+    def _position(self, step: int) -> float:
+        s0, e0, rate = self.warp
+        return step if step < s0 else e0 + (step - s0) * rate
+
+    def replan(self, step: int, total_steps: int) -> None:
+        """From ``step`` on, the rest of the curve in ``total_steps - step`` steps."""
+        here = self._position(step)  # the new last step reads the curve's last step
+        self.warp = (step, here, max(0.0, self.total_steps - 1 - here) / max(1, total_steps - 1 - step))
+        self.planned = total_steps
+
     def factor(self, step: int) -> float:
         """The multiplier on the base rate before the optimizer's ``step``-th update (0-based)."""
+        step = self._position(step)
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         if self.kind in ("none", "plateau"):
             return warm * self.scale
@@ -147,11 +165,17 @@ class LRSchedule:
         return True
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs, "base_lrs": self.base_lrs}
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs, "base_lrs": self.base_lrs,
+                "total_steps": self.total_steps, "planned": self.planned, "warp": list(self.warp)}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
         self.base_lrs = list(state["base_lrs"])
+        # A replanned curve goes on as it was, unless the run was given another length since.
+        if state.get("planned") == self.total_steps and "warp" in state:
+            self.total_steps, self.planned = int(state["total_steps"]), int(state["planned"])
+            s0, e0, rate = state["warp"]
+            self.warp = (int(s0), float(e0), float(rate))
 
 
 def adopt_update(saved: dict, optimizer: torch.optim.Optimizer) -> dict:

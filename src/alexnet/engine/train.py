@@ -34,6 +34,7 @@ class StepOptions:
     skip_nonfinite: int = 0  # bad batches that may still be skipped in this run (--skip-nonfinite)
     save_every: int | None = None  # steps between mid-epoch checkpoints (--save-every)
     agree: bool = False  # DDP: every rank takes the same decisions (step_guard.py); a collective per step
+    budget: object | None = None  # a budget.BudgetKeeper: may cut max_steps when the steps run slower than planned
 
 
 def train_one_epoch(
@@ -144,6 +145,9 @@ def train_one_epoch(
             due_save = save is not None and opts.save_every and step % opts.save_every == 0 and batches < len(loader)
             if step % opts.sync_every == 0 or batches >= len(loader) or due_save or step == opts.max_steps:
                 signum = settle() or signum
+            if opts.budget is not None and opts.budget.due(step) and batches < len(loader):
+                total = opts.budget.check(step)
+                opts.max_steps = total if opts.max_steps is None else min(opts.max_steps, total)
             if due_save:
                 save({"batches": batches, "step": step, "complete": False, "nonfinite_skipped": skipped,
                       "partial": sums()})  # fmt: skip
