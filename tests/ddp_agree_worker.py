@@ -16,6 +16,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -93,7 +94,11 @@ def train(out: Path, *extra: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def report(out: Path, name: str, code: int, err: str, run: Path) -> None:
+def report(out: Path, name: str, code: int, err: str, run: Path, keep: bool = False) -> None:
+    """Write what this rank saw of ``run`` to OUT_DIR/<name>.rank<r>.json; then the run goes, unless kept.
+
+    Each run holds checkpoints of about 0.9 GB: kept to the end, the scenarios would fill a small CI disk.
+    """
     dist.barrier()  # rank 0 has written the run before anyone reads it
     ckpt = read_checkpoint(run / "checkpoints" / "last.pt") if (run / "checkpoints" / "last.pt").is_file() else {}
     weights = ckpt.get("model", {})
@@ -112,6 +117,8 @@ def report(out: Path, name: str, code: int, err: str, run: Path) -> None:
         "metrics": rows,
     }))  # fmt: skip
     dist.barrier()  # and nobody starts the next run while another reads this one
+    if RANK == 0 and not keep:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def dropout_masks_after_resume(out: Path, run: Path) -> None:
@@ -143,7 +150,7 @@ def main_scenarios(out: Path) -> None:
     wrap_loaders("none", at=-1)
     report(out, "whole", *train(out / "whole"), out / "whole")
     wrap_loaders("sigterm", at=5)
-    report(out, "sigterm", *train(out / "stopped"), out / "stopped")
+    report(out, "sigterm", *train(out / "stopped"), out / "stopped", keep=True)
     dropout_masks_after_resume(out, out / "stopped")
     wrap_loaders("none", at=-1)
     code, err = main_resume(out / "stopped")

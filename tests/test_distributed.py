@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,10 @@ def two_ranks_and_one(tmp_path_factory):
     two, one = tmp_path_factory.mktemp("ddp2"), tmp_path_factory.mktemp("ddp1")
     torchrun(2, WORKER, two, 8)  # per-process batch 8, global 16
     torchrun(1, WORKER, one, 16)  # one process, batch 16
-    return [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)], torch.load(one / "rank0.pt", weights_only=True)
+    loaded = [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)], torch.load(one / "rank0.pt", weights_only=True)
+    for folder in (two, one):  # the runs' checkpoints are not read again: the CI disk is small
+        shutil.rmtree(folder)
+    return loaded
 
 
 def test_parameters_identical_across_ranks(two_ranks_and_one):
