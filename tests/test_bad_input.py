@@ -257,6 +257,17 @@ def test_a_torchscript_export_is_not_taken_for_a_checkpoint(checkpoint, tmp_path
     fails_with(["eval", "--checkpoint", exported], capsys, "is a TorchScript export (alexnet export), not a training checkpoint")
 
 
+# --- bench -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [["--amp"], ["--compile"], ["--amp", "--compile"]])
+def test_bench_refuses_a_one_sided_precision_or_compiler_change_in_the_comparison(flags, capsys):
+    # The usual pipeline stays float32 and eager; a ratio against ours with --amp or --compile
+    # would credit the pipeline with a precision or compiler change.
+    err = fails_with(["bench", "--image-size", "63", *flags], capsys, "change our pipeline only")
+    assert " and ".join(flags) in err and "add --only ours" in err
+
+
 # --- devices ---------------------------------------------------------------------------------
 
 

@@ -233,8 +233,8 @@ def parse_args(argv=None, parser: argparse.ArgumentParser | None = None) -> argp
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds after the warm-up")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per phase")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual pipeline")
-    p.add_argument("--amp", action="store_true", help="ours with bfloat16 autocast (CPU) / mixed precision (CUDA)")
-    p.add_argument("--compile", action="store_true", help="ours with torch.compile")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU) / mixed precision (CUDA); with --only ours")
+    p.add_argument("--compile", action="store_true", help="torch.compile; with --only ours")
     p.add_argument("--only", choices=("both", "ours"), default="both", help="ours: time this package's pipeline alone")
     p.add_argument("--data", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
                    help="synthetic: generated images (with --only ours)")
@@ -333,6 +333,12 @@ def run(args: argparse.Namespace) -> dict:
         raise AlexNetError("--batch-size, --rounds, --steps, --num-classes and --infer-batch-sizes must be positive")
     if args.data == "synthetic" and args.only != "ours":
         raise AlexNetError("--data synthetic times our pipeline alone: add --only ours")
+    one_sided = [flag for flag, on in (("--amp", args.amp), ("--compile", args.compile)) if on]
+    if one_sided and args.only != "ours":
+        # The usual pipeline is float32 and eager as its users run it; a ratio against ours with these
+        # would mix a precision or compiler change into the pipeline comparison.
+        raise AlexNetError(f"{' and '.join(one_sided)} change our pipeline only, so the ratio would not compare "
+                           "like with like: add --only ours")  # fmt: skip
     kinds = ("ours",) if args.only == "ours" else ("usual", "ours")
     pipelines, opts, autocast = build(args, device, which=kinds)
     phases = {"usual": lambda steps, r: usual_train_phase(*pipelines["usual"], steps, device),
