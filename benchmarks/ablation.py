@@ -4,19 +4,21 @@
 
 trains the five variants (baseline = the paper's choices, no-lrn, no-overlap, no-dropout,
 torch-init) of alexnet_paper with the quick preset's recipe (AdamW, peak lr 1e-3,
-one-cycle, weight decay 0.05, label smoothing 0.1, flips, bfloat16 autocast) at 63 px for
-2 epochs, seeds 0 and 1: 10 runs on all 60,000 training images, each tested on the
-10,000 test images. About 45-50 minutes at the quick preset's measured 476 images/s
-(2.2 minutes per epoch); the runs need about 14 GB of disk (two checkpoints of ~0.7 GB,
-weights and AdamW state, per run).
+one-cycle, weight decay 0.05, label smoothing 0.1, flips, bfloat16 autocast) at 103 px,
+where every variant's last feature map is 3x3 (``alexnet ablate`` refuses sizes where the
+variants' maps differ or are smaller), for 5 epochs, seeds 0, 1 and 2: 15 runs on the first
+10,000 training images, 2,000 of them kept apart (seeded, stratified) as the validation split
+the variants are compared on. The test split is not read. A small training set trained for
+several epochs is what lets overfitting, and so dropout's effect, show within a CPU's
+budget: the table's training error should end below the validation error. Each run keeps
+two checkpoints of ~0.7 GB (weights and AdamW state).
 
-The table goes to benchmarks/results/ablation-fashion-mnist.csv (one row per variant),
+The table goes to benchmarks/results/ablation-fashion-mnist-<size>.csv (one row per variant),
 -runs.csv (one row per run), .md and .png, rewritten after every run. The runs are
-ordinary run directories under --out (default runs/ablation-fashion-mnist/<variant>/seed-<s>);
-running the script again reuses finished runs and resumes an unfinished one. A smoke run
-(a few minutes' budget cut to well under one):
+ordinary run directories under --out (default runs/ablation-fashion-mnist-<size>/<variant>/seed-<s>);
+running the script again reuses finished runs and resumes an unfinished one. A smoke run:
 
-    .venv/bin/python benchmarks/ablation.py --subset 256 --epochs 1 --seeds 1 \\
+    .venv/bin/python benchmarks/ablation.py --subset 512 --val-split 128 --epochs 1 --seeds 1 \\
         --out /tmp/ablation-smoke --results /tmp/ablation-smoke/results
 """
 
@@ -39,19 +41,20 @@ from alexnet.errors import AlexNetError
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["all"], help="'all' or some of: " + ", ".join(VARIANTS))
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=63)
-    p.add_argument("--subset", type=int, default=None, help="only the first N images of each split")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=103)
+    p.add_argument("--subset", type=int, default=10000, help="only the first N images of each split")
+    p.add_argument("--val-split", type=int, default=2000, help="training images kept apart to compare on")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="runs/ablation-fashion-mnist", help="the run directories")
+    p.add_argument("--out", default=None, help="the run directories (default runs/ablation-fashion-mnist-<size>)")
     p.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where the table goes")
     args = p.parse_args()
     try:
         variants = parse_variants(args.variants)
         base = resolve_config("quick", {
             "dataset": "fashion-mnist", "data_dir": args.data_dir, "epochs": args.epochs,
-            "image_size": args.image_size, "subset": args.subset, "progress": False,
+            "image_size": args.image_size, "subset": args.subset, "val_split": args.val_split, "progress": False,
         })  # fmt: skip
     except AlexNetError as e:
         print(f"ablation: error: {e}", file=sys.stderr)
@@ -61,7 +64,8 @@ def main() -> int:
         f"Measured with benchmarks/ablation.py on {platform.machine()} ({os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads), torch {torch.__version__}, Python {platform.python_version()}."
     )
-    stem = Path(args.results) / "ablation-fashion-mnist"
+    stem = Path(args.results) / f"ablation-fashion-mnist-{args.image_size}"
+    out = args.out or f"runs/ablation-fashion-mnist-{args.image_size}"
     title = "Ablations of alexnet_paper on Fashion-MNIST"
     setup = describe_setup(base, seeds) + "\n\n" + machine
     t0 = time.perf_counter()
@@ -70,7 +74,7 @@ def main() -> int:
         write_report(results, stem, setup=setup, title=title)
 
     try:
-        results = run_ablation(base, variants, seeds, args.out, after_each=report)
+        results = run_ablation(base, variants, seeds, out, after_each=report)
     except AlexNetError as e:
         print(f"ablation: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

@@ -158,8 +158,14 @@ def describe_setup(cfg: TrainConfig, seeds: Sequence[int]) -> str:
     amp = ", bfloat16 autocast" if cfg.amp else ""
     subset = f", first {cfg.subset} images of each split" if cfg.subset else ""
     steps = f", at most {cfg.max_steps} steps" if cfg.max_steps else ""
+    if cfg.val_split is None:
+        val = " (compared on the dataset's default validation split)"
+    elif cfg.val_split == 0:
+        val = " (compared on the held-out split: no validation split)"
+    else:
+        val = f" ({cfg.val_split} training images kept apart to compare on)"
     return (
-        f"Every run: {cfg.model}, {cfg.dataset}{subset} at {cfg.image_size} px, {cfg.epochs} "
+        f"Every run: {cfg.model}, {cfg.dataset}{subset}{val} at {cfg.image_size} px, {cfg.epochs} "
         f"epoch{'s' if cfg.epochs != 1 else ''}{steps}, {cfg.optimizer} lr {cfg.lr:g} (schedule: {cfg.scheduler}), "
         f"batch {cfg.batch_size}, weight decay {cfg.weight_decay:g}, label smoothing {cfg.label_smoothing:g}{amp}; "
         f"seeds {', '.join(map(str, seeds))} (a seed fixes the data order and augmentation, the same for every variant)."
