@@ -99,9 +99,10 @@ def variant_config(base: TrainConfig, variant: str, seed: int, run_dir: Path) ->
     """The base configuration with the paper's values, the variant's change, the seed and the run directory.
 
     No time budget: it would plan each variant's epochs on its own speed, and the variants must
-    train for the same epochs to be compared."""
+    train for the same epochs to be compared. No test split: the variants are compared on the
+    validation split, and an ablation is a tuning decision, which must not see the test split."""
     values = {**base.to_dict(), **PAPER_VALUES, **VARIANTS[variant].overrides, "seed": seed, "out": str(run_dir),
-              "resume": None, "time_budget": 0.0}  # fmt: skip
+              "resume": None, "time_budget": 0.0, "test": False}  # fmt: skip
     cfg = TrainConfig.from_dict(values)
     validate_config(cfg)
     return cfg

@@ -41,6 +41,9 @@ class TrainConfig:
     # split is then read once, at the end. None: the dataset's default (5,000 for Fashion-MNIST
     # and CIFAR-10); 0: validate on the held-out split, as before.
     val_split: int | None = None
+    # With a validation split, whether the run ends by reading the test split (best.pt's
+    # figures). Off for tuning runs and ablations, which must not see the test split at all.
+    test: bool = True
     workers: int = 2
     download: bool = True
 

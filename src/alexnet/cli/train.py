@@ -34,6 +34,8 @@ ARGUMENTS: list[tuple[str, str, dict]] = [
     ("Data", "--val-split", dict(type=int, metavar="N", help="keep N training images apart (seeded, stratified) to "
                                  "choose best.pt and drive the schedule; the test split is read once, at the end "
                                  "(default: 5000 for fashion-mnist and cifar10, none otherwise; 0: validate on the test split)")),
+    ("Data", "--test", dict(action=_BOOL, help="with a validation split, end by reading the test split once with "
+                            "best.pt (default); --no-test for tuning runs, which must not see it")),
     ("Data", "--workers", dict(type=int, help="imagefolder decoding processes")),
     ("Data", "--download", dict(action=_BOOL, help="try torchvision's downloader when no local copy is found")),
     ("Optimization", "--optimizer", dict(choices=("sgd", "adamw"))),

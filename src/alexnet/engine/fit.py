@@ -581,7 +581,7 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         dist.cleanup()
         return {"eval": result, "test": None, "run_dir": str(run.root), "step": step}
     test = None
-    if info.val_split:
+    if info.val_split and cfg.test:
         # The test split, read now and only now, judges the weights validation chose (best.pt).
         if not weights_are_best:
             best = best_weights(run)
@@ -599,7 +599,8 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
         )  # fmt: skip
     final = test or result
     if dist.is_main_process():
-        write_plots(run, final, info, split="test" if test is not None or info.name != "imagefolder" else "validation")
+        write_plots(run, final, info, split="test" if test is not None or not (info.val_split or info.name == "imagefolder")
+                    else "validation")  # fmt: skip
         if test is not None:
             run.write_test(test, best_epoch)
             log(
@@ -607,6 +608,9 @@ def _fit(cfg: TrainConfig, started: float, device: torch.device) -> dict:
                 f"images kept apart); test accuracy: {100 * test['top1']:.2f}% top-1, {100 * test['top5']:.2f}% top-5 "
                 f"on {test['n']} {info.name} test images, read once with best.pt; run directory {run.root}"
             )
+        elif info.val_split:
+            log(f"validation top-1 {100 * best_top1:.2f}% (best.pt, epoch {best_epoch}, on {info.val_size} training "
+                f"images kept apart); the test split was not read (--no-test); run directory {run.root}")  # fmt: skip
         else:
             split = "validation" if info.name == "imagefolder" else "test"
             log(
@@ -645,9 +649,9 @@ def checkpoint_seconds(model: nn.Module) -> float:
 
 
 def test_batches(info: DatasetInfo, cfg: TrainConfig) -> int:
-    """Batches of the final test evaluation (none without a validation split: the last
-    epoch's evaluation is the final one)."""
-    if not info.val_split:
+    """Batches of the final test evaluation (none without a validation split, where the last
+    epoch's evaluation is the final one, or with --no-test)."""
+    if not info.val_split or not cfg.test:
         return 0
     return -(-info.test_size // (cfg.eval_batch_size or cfg.batch_size))
 
