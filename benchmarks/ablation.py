@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from alexnet.ablation import VARIANTS, describe_setup, parse_variants, run_ablation, write_report
+from alexnet.paper.ablation import VARIANTS, describe_setup, parse_variants, run_ablation, write_report
 from alexnet.config import resolve_config
 from alexnet.errors import AlexNetError
 

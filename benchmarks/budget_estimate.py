@@ -24,7 +24,7 @@ from alexnet.config import resolve_config
 from alexnet.data import build_loaders
 from alexnet.engine.budget import WARMUP_STEPS, StepClock, measure_speed
 from alexnet.engine.cpu import has_fast_bfloat16, keep_freed_memory
-from alexnet.engine.fit import amp_context, data_config
+from alexnet.engine.runtime import amp_context
 from alexnet.engine.optim import LRSchedule, create_optimizer
 from alexnet.engine.train import StepOptions, train_one_epoch
 from alexnet.models import create_model
@@ -38,7 +38,7 @@ def main() -> int:
     keep_freed_memory()  # as fit() does on the CPU
     cfg = resolve_config(args.preset, {})
     device = torch.device("cpu")
-    train, val, info = build_loaders(data_config(cfg), device=device, batch_size=cfg.batch_size, seed=cfg.seed)
+    train, val, info = build_loaders(cfg.data_config(), device=device, batch_size=cfg.batch_size, seed=cfg.seed)
     model = create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, dropout=cfg.dropout,
                          init=cfg.init, **cfg.model_kwargs())  # fmt: skip
     autocast, scaler = amp_context(device, cfg.amp)

@@ -25,6 +25,7 @@ import torch
 
 from alexnet.cli import main
 from alexnet.engine import budget
+from alexnet.engine import checkpoint as checkpoint_module
 from alexnet.engine import distributed as dist
 from alexnet.engine.checkpoint import rank_rng_state, read_checkpoint, set_rng_state
 from alexnet.errors import AlexNetError
@@ -34,7 +35,7 @@ RANK = int(os.environ["RANK"])
 STEPS_PER_EPOCH = 4  # 64 images, 2 ranks, batch 8
 real_build_loaders = fit_module.build_loaders
 real_train_one_epoch = fit_module.train_one_epoch
-real_save_checkpoint = fit_module.save_checkpoint
+real_save_checkpoint = checkpoint_module.save_checkpoint  # what CheckpointSaver writes with
 
 
 class OnRank1:
@@ -165,9 +166,9 @@ def main_scenarios(out: Path) -> None:
             raise AlexNetError(f"cannot write checkpoint {path}: No space left on device; the previous one is kept")
         real_save_checkpoint(state, path)
 
-    fit_module.save_checkpoint = save_checkpoint
+    checkpoint_module.save_checkpoint = save_checkpoint
     report(out, "disk-full", *train(out / "disk-full", "--save-every", "1"), out / "disk-full")
-    fit_module.save_checkpoint = real_save_checkpoint
+    checkpoint_module.save_checkpoint = real_save_checkpoint
 
     # The time budget: each rank measures another speed; rank 0's plan holds on both.
     speeds = {0: 0.05, 1: 5.0}

@@ -1,4 +1,4 @@
-"""The paper's pictures and ablations: filters, feature-space neighbours, feature maps, the ablation table."""
+"""The paper's pictures and ablations: filters, feature-space neighbors, feature maps, the ablation table."""
 
 import csv
 import os
@@ -13,14 +13,13 @@ from PIL import Image
 from data_fixtures import write_bar_fashion_mnist, write_image_tree
 
 import alexnet
-from alexnet import analysis
-from alexnet.analysis import filter_grid, first_layer_kernels, kernels_as_images, nearest_neighbors, tile
+from alexnet.paper import analysis
+from alexnet.paper.analysis import filter_grid, first_layer_kernels, kernels_as_images, nearest_neighbors, tile
 from alexnet.cli import main
 from alexnet.config import TrainConfig
 from alexnet.data import build_loaders, build_test_loader
 from alexnet.data.eval_split import open_eval_split
 from alexnet.engine.checkpoint import read_checkpoint
-from alexnet.engine.fit import data_config
 
 # Validation images 0 and 1 are exact copies of training images 7 and 23.
 COPIES = {0: 7, 1: 23}
@@ -125,7 +124,7 @@ def test_variant_checkpoint_rebuilds_the_variant(trained):
         assert not torch.allclose(got, paper(x), atol=1e-4)
 
 
-# ---------------------------------------------------------------------------- neighbours
+# ---------------------------------------------------------------------------- neighbors
 
 
 def test_nearest_neighbors_equals_brute_force():
@@ -142,10 +141,10 @@ def splits(checkpoint):
     ckpt = read_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
     cfg.in_channels = ckpt["model_args"]["in_channels"]
-    return ckpt, data_config(cfg)
+    return ckpt, cfg.data_config()
 
 
-def test_copy_of_a_training_image_is_its_own_nearest_neighbour(trained, tmp_path):
+def test_copy_of_a_training_image_is_its_own_nearest_neighbor(trained, tmp_path):
     model, _, _ = alexnet.load_checkpoint(trained)
     ckpt, dcfg = splits(trained)
     train = open_eval_split(dcfg, "train", ckpt["preprocess"])
@@ -210,7 +209,7 @@ def test_neighbors_command(trained, capsys):
 
 def test_eval_split_matches_the_validation_loader(bars, tmp_path):
     # The "val" split of the pictures is the dataset's held-out split: the test split of a run.
-    dcfg = data_config(TrainConfig(dataset="fashion-mnist", data_dir=str(bars), image_size=47, workers=0))
+    dcfg = TrainConfig(dataset="fashion-mnist", data_dir=str(bars), image_size=47, workers=0).data_config()
     val_loader, info = build_test_loader(dcfg, device="cpu", batch_size=8)
     val = open_eval_split(dcfg, "val", info.preprocess)
     for (idx, x), (y, labels) in zip(val.batches(8), val_loader):
@@ -218,7 +217,7 @@ def test_eval_split_matches_the_validation_loader(bars, tmp_path):
     # Image folders: decoded and cropped as the validation workers do.
     write_image_tree(tmp_path / "train", {"cat": 3, "dog": 2})
     write_image_tree(tmp_path / "val", {"cat": 2, "dog": 2}, seed=1)
-    dcfg = data_config(TrainConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=47, workers=0))
+    dcfg = TrainConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=47, workers=0).data_config()
     _, val_loader, info = build_loaders(dcfg, device="cpu", batch_size=8)
     val = open_eval_split(dcfg, "val", info.preprocess)
     (idx, x), (y, labels) = next(iter(val.batches(8))), next(iter(val_loader))
@@ -334,10 +333,11 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
 
 
 def test_ablation_variants_train_for_the_same_epochs_even_from_a_budgeted_preset(tmp_path):
-    from alexnet.ablation import VARIANTS, variant_config
     from alexnet.config import resolve_config
+    from alexnet.paper.ablation import VARIANTS, variant_config
 
     base = resolve_config("quick", {"epochs": 2})
     assert base.time_budget == 15.0  # the quick preset plans its epochs on this machine's speed ...
     configs = [variant_config(base, v, 0, tmp_path / v) for v in VARIANTS]
     assert {(c.epochs, c.time_budget) for c in configs} == {(2, 0.0)}  # ... an ablation must not
+    assert base.test and not any(c.test for c in configs)  # and it compares on validation, never reading the test split

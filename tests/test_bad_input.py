@@ -257,6 +257,12 @@ def test_a_torchscript_export_is_not_taken_for_a_checkpoint(checkpoint, tmp_path
     fails_with(["eval", "--checkpoint", exported], capsys, "is a TorchScript export (alexnet export), not a training checkpoint")
 
 
+@pytest.mark.parametrize("args", [["--dataset", "fashion-mnist", "--val-split", "0"], ["--dataset", "imagefolder"]])
+def test_no_test_without_a_validation_split_is_refused(args, capsys):
+    # Without a validation split the held-out split validates every epoch: --no-test would be ignored.
+    fails_with(["train", *args, "--no-test", "--data-dir", "/nonexistent"], capsys, "--no-test needs a validation split")
+
+
 # --- bench -----------------------------------------------------------------------------------
 
 

@@ -40,12 +40,11 @@ def test_plan_within_fills_the_budget_with_whole_epochs_then_part_of_one():
 
 def test_measuring_changes_neither_the_model_nor_the_random_state(fmnist_dir):
     from alexnet.data import build_loaders
-    from alexnet.engine.fit import data_config
     from alexnet.models import create_model
 
     cfg = resolve_config(None, {"dataset": "fashion-mnist", "data_dir": str(fmnist_dir), "image_size": 63,
                                 "batch_size": 16, "optimizer": "adamw", "lr": 1e-3})  # fmt: skip
-    train, val, info = build_loaders(data_config(cfg), device=torch.device("cpu"), batch_size=16, seed=0)
+    train, val, info = build_loaders(cfg.data_config(), device=torch.device("cpu"), batch_size=16, seed=0)
     model = create_model("alexnet_owt", num_classes=10, in_channels=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(11)
@@ -81,12 +80,11 @@ class SlowStart:
 
 def test_the_step_estimate_is_a_steps_time_without_start_up_or_warm_up(fmnist_dir):
     from alexnet.data import build_loaders
-    from alexnet.engine.fit import data_config
     from alexnet.models import create_model
 
     cfg = resolve_config(None, {"dataset": "fashion-mnist", "data_dir": str(fmnist_dir), "image_size": 63, "subset": 160,
                                 "batch_size": 16, "optimizer": "sgd", "momentum": 0.0, "lr": 1e-3})  # fmt: skip
-    train, val, info = build_loaders(data_config(cfg), device=torch.device("cpu"), batch_size=16, seed=0)
+    train, val, info = build_loaders(cfg.data_config(), device=torch.device("cpu"), batch_size=16, seed=0)
     assert len(train) >= budget_module.WARMUP_STEPS + budget_module.TIMED_STEPS + 1
     model = create_model("alexnet_owt", num_classes=10, in_channels=1)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -1,7 +1,6 @@
 """End to end through the command line on tiny Fashion-MNIST-format data: train, eval, predict, export, resume."""
 
 import csv
-import importlib
 import json
 import subprocess
 import sys
@@ -120,7 +119,7 @@ def test_export_gives_the_same_logits(trained, tmp_path, capsys, fmt, suffix):
     assert model["model_args"]["name"] == "alexnet_owt"
 
 
-def test_resume_equals_uninterrupted(fmnist_dir, tmp_path):
+def test_resume_equals_uninterrupted(fmnist_dir, tmp_path, monkeypatch):
     # 64 images in batches of 16: 4 steps an epoch.
     common = ["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--subset", "64", "--deterministic",
               "--seed", "5", "--dropout", "0.5", "--val-split", "0", *FAST]  # fmt: skip
@@ -128,7 +127,15 @@ def test_resume_equals_uninterrupted(fmnist_dir, tmp_path):
     assert main(common + ["--epochs", "2", "--out", str(whole)]) == 0
     # The same run, stopped after its first epoch (its schedule is still planned for 2 epochs).
     assert main(common + ["--epochs", "2", "--max-steps", "4", "--out", str(parts)]) == 0
+    from alexnet.engine import checkpoint
+
+    loads = []
+    real_load = checkpoint.torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda path, *a, **k: loads.append(str(path)) or real_load(path, *a, **k))
     assert main(["train", "--resume", str(parts), "--max-steps", "8", "--no-progress"]) == 0
+    monkeypatch.undo()
+    # last.pt is read once: the configuration and the training state come from the same read.
+    assert [p for p in loads if p.endswith("last.pt")] == [str(parts / "checkpoints" / "last.pt")]
     a = read_checkpoint(whole / "checkpoints" / "last.pt")
     b = read_checkpoint(parts / "checkpoints" / "last.pt")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
@@ -197,9 +204,9 @@ def test_amp_on_the_cpu(fmnist_dir, tmp_path, capsys, monkeypatch, native):
     """--amp: bfloat16 autocast where the CPU has native bfloat16 kernels (forced here, so the
     path runs on any machine), float32 with a one-line notice where it has not; the weights
     stay float32 and finite either way."""
-    fit_module = importlib.import_module("alexnet.engine.fit")  # the package exports fit(), the function
+    from alexnet.engine import runtime
 
-    monkeypatch.setattr(fit_module, "has_fast_bfloat16", lambda: native)
+    monkeypatch.setattr(runtime, "has_fast_bfloat16", lambda: native)
     out = tmp_path / "amp"
     code, stdout, err = run_cli(["train", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--epochs", "1",
                                  "--subset", "16", "--amp", "--model", "alexnet_paper", "--out", out, *FAST[2:]],

@@ -303,7 +303,7 @@ def test_a_nonfinite_batch_is_skipped_on_the_device(device):
 
     for optimizer in ("sgd", "adamw"):
         model, metrics = run(data, optimizer)
-        assert metrics["nonfinite_skipped"] == 1 and metrics["seen"] == 24
+        assert metrics.progress.nonfinite_skipped == 1 and metrics.progress.sums.seen == 24
         clean, _ = run([b for i, b in enumerate(data) if i != 1], optimizer)
         for a, b in zip(model.parameters(), clean.parameters()):
             # AdamW counts steps: the skipped one is not counted, so the two runs agree exactly.
@@ -350,7 +350,7 @@ def test_training_and_10crop_evaluation_run_on_every_device(device):
     train.set_epoch(0)
     metrics, step = train_one_epoch(model, train, opt, schedule, nn.CrossEntropyLoss(), step=0,
                                     opts=StepOptions(sync_every=4))  # fmt: skip
-    assert step == len(train) and metrics["complete"] and metrics["seen"] == 48
+    assert step == len(train) and metrics.progress.complete and metrics.progress.sums.seen == 48
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     result = evaluate(model, val, info.num_classes, keep_mistakes=4, keep_samples=3)
     assert result["n"] == 20 and sum(map(sum, result["confusion"])) == 20

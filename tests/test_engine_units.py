@@ -1,6 +1,5 @@
 """Engine pieces that need no data: the schedule, checkpoint files, safe loading, evaluation."""
 
-import importlib
 import math
 import os
 import pickle
@@ -189,22 +188,22 @@ def test_evaluate_keeps_the_first_samples_with_their_probabilities():
 
 
 def test_amp_dtype_follows_the_device(monkeypatch):
-    fit_module = importlib.import_module("alexnet.engine.fit")  # the package exports fit(), the function
+    from alexnet.engine import runtime
 
     cpu = torch.device("cpu")
-    assert fit_module.amp_dtype(cpu, False) is None
-    monkeypatch.setattr(fit_module, "has_fast_bfloat16", lambda: True)
-    assert fit_module.amp_dtype(cpu, True) == torch.bfloat16
-    autocast, scaler = fit_module.amp_context(cpu, True)
+    assert runtime.amp_dtype(cpu, False) is None
+    monkeypatch.setattr(runtime, "has_fast_bfloat16", lambda: True)
+    assert runtime.amp_dtype(cpu, True) == torch.bfloat16
+    autocast, scaler = runtime.amp_context(cpu, True)
     with autocast:
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     assert not scaler.is_enabled()
-    monkeypatch.setattr(fit_module, "has_fast_bfloat16", lambda: False)
-    assert fit_module.amp_dtype(cpu, True) is None  # float32: bfloat16 would be the slow path here
-    autocast, _ = fit_module.amp_context(cpu, True)
+    monkeypatch.setattr(runtime, "has_fast_bfloat16", lambda: False)
+    assert runtime.amp_dtype(cpu, True) is None  # float32: bfloat16 would be the slow path here
+    autocast, _ = runtime.amp_context(cpu, True)
     with autocast:
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
-    assert fit_module.precision_name(None) == "float32" and fit_module.precision_name(torch.float16) == "float16"
+    assert runtime.precision_name(None) == "float32" and runtime.precision_name(torch.float16) == "float16"
 
 
 def test_fast_bfloat16_agrees_with_the_cpu_flags():

@@ -10,7 +10,7 @@ import torch.nn as nn
 from alexnet.cli import main
 from alexnet.engine.checkpoint import read_checkpoint
 from alexnet.engine.optim import LRSchedule, create_optimizer
-from alexnet.engine.train import NonFiniteLoss, StepOptions, train_one_epoch
+from alexnet.engine.train import EpochProgress, NonFiniteLoss, StepOptions, train_one_epoch
 
 from test_cli_e2e import FAST
 
@@ -26,20 +26,21 @@ def batches(bad: set[int], n: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]
     return out
 
 
-def train(data, skip: int) -> tuple[nn.Module, dict]:
+def train(data, skip: int) -> tuple[nn.Module, EpochProgress]:
     torch.manual_seed(0)
     model = nn.Linear(5, 3)
     opt = create_optimizer(model.parameters(), "sgd", lr=0.1)
     schedule = LRSchedule(opt, "none", total_steps=len(data), steps_per_epoch=len(data))
-    metrics, step = train_one_epoch(model, data, opt, schedule, nn.CrossEntropyLoss(), step=0,
+    trained, step = train_one_epoch(model, data, opt, schedule, nn.CrossEntropyLoss(), step=0,
                                     opts=StepOptions(skip_nonfinite=skip))  # fmt: skip
-    return model, {**metrics, "step": step}
+    assert trained.progress.step == step
+    return model, trained.progress
 
 
 def test_skipped_batches_never_touch_the_weights():
     model, m = train(batches(bad={1, 4}), skip=2)
-    assert m["nonfinite_skipped"] == 2 and m["batches"] == 6 and m["step"] == 6 and m["complete"]
-    assert m["partial"]["seen"] == 4 * 8  # the bad batches are not counted in loss or accuracy
+    assert m.nonfinite_skipped == 2 and m.batches == 6 and m.step == 6 and m.complete
+    assert m.sums.seen == 4 * 8  # the bad batches are not counted in loss or accuracy
     clean, _ = train([b for i, b in enumerate(batches(bad={1, 4})) if i not in (1, 4)], skip=0)
     for a, b in zip(model.parameters(), clean.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

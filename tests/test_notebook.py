@@ -26,7 +26,7 @@ from data_fixtures import write_fashion_mnist
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "AlexNet.ipynb"
 # Each picture the notebook must show: the tag of the cell that draws it. (Issue 9's filters
-# and neighbours will add theirs.)
+# and neighbors will add theirs.)
 FIGURES = {"samples", "curves", "confusion", "misclassified", "predictions", "filters", "neighbors"}
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

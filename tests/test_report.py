@@ -53,7 +53,7 @@ def test_report_is_one_self_contained_file(page):
     sections = sections_of(html)
     assert list(sections) == SECTIONS
     pictures = PNG_URI.findall(html)
-    assert len(pictures) == 6  # curves, confusion matrix, samples, mistakes, filters, neighbours
+    assert len(pictures) == 6  # curves, confusion matrix, samples, mistakes, filters, neighbors
     assert "64 first-layer kernels of alexnet_owt" in sections["filters"] and PNG_URI.search(sections["filters"])
     assert "Figure 4" in sections["neighbors"] and PNG_URI.search(sections["neighbors"])
     for data in pictures:
@@ -81,7 +81,7 @@ def test_no_eval_uses_the_pictures_saved_by_training(trained, tmp_path, capsys):
     html = out.read_text()
     assert len(PNG_URI.findall(html)) == 5  # the four saved pictures and the filters (from the checkpoint)
     sections = sections_of(html)
-    assert "Neighbours not drawn: they need the data (--no-eval)" in sections["neighbors"]
+    assert "Neighbors not drawn: they need the data (--no-eval)" in sections["neighbors"]
     for key in ("confusion", "per-class", "samples", "mistakes"):
         assert "saved at the end of training" in sections[key], key
     assert out.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600

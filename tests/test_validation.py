@@ -64,8 +64,10 @@ def test_the_val_split_is_carved_from_train_and_the_test_split_is_left_whole(fmn
     assert info0.val_split == 0 and info0.train_size == 200 and torch.equal(val0.images.cpu(), whole.val_images)
 
 
+@pytest.mark.parametrize("test_flag", [[], ["--no-test"]])
 def test_a_run_validates_on_the_split_and_reads_the_test_split_once_at_the_end(fmnist_dir, tmp_path, capsys,
-                                                                                monkeypatch):  # fmt: skip
+                                                                                monkeypatch, test_flag):  # fmt: skip
+    """... or, with --no-test (tuning runs, ablations), never."""
     fit_module = importlib.import_module("alexnet.engine.fit")
     events = []
     real_evaluate, real_test_loader = fit_module.evaluate, fit_module.build_test_loader
@@ -82,11 +84,16 @@ def test_a_run_validates_on_the_split_and_reads_the_test_split_once_at_the_end(f
     monkeypatch.setattr(fit_module, "build_test_loader", logged_test_loader)
     out = tmp_path / "run"
     assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--epochs", "2",
-                 "--val-split", "30", "--out", str(out), *FAST]) == 0  # fmt: skip
+                 "--val-split", "30", "--out", str(out), *FAST, *test_flag]) == 0  # fmt: skip
     stdout = capsys.readouterr().out
+    last = stdout.strip().splitlines()[-1]
+    if test_flag:
+        assert events == [("evaluate", "validate", 30), ("evaluate", "validate", 30)]
+        assert not (out / "test.json").exists() and "the test split was not read (--no-test)" in last
+        assert json.loads((out / "config.json").read_text())["test"] is False
+        return
     assert events == [("evaluate", "validate", 30), ("evaluate", "validate", 30), ("test loader",),
                       ("evaluate", "test", 40)]  # fmt: skip
-    last = stdout.strip().splitlines()[-1]
     assert last.startswith("validation top-1 ") and "on 30 training images kept apart); test accuracy: " in last
     assert "on 40 fashion-mnist test images, read once with best.pt" in last
     test = json.loads((out / "test.json").read_text())

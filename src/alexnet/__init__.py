@@ -12,6 +12,7 @@ def load_checkpoint(path, map_location="cpu"):
     The model is in eval mode; ``preprocess`` turns a PIL image or a uint8 (C, H, W)
     tensor into the normalised float tensor the model was trained on.
     """
+    # Imported on first use: ``import alexnet`` loads the models only, not the data layer and the engine.
     from .engine.checkpoint import load_for_inference
 
     return load_for_inference(path, map_location=map_location)

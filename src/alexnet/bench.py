@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import DataConfig, build_loaders, load_fashion_mnist
 from .engine.cpu import keep_freed_memory
-from .engine.fit import amp_context, amp_dtype, precision_name, select_device
+from .engine.runtime import amp_context, amp_dtype, precision_name, select_device
 from .engine.optim import LRSchedule, create_optimizer
 from .engine.train import StepOptions, train_one_epoch
 from .errors import AlexNetError
@@ -162,10 +162,10 @@ def our_train_phase(model, optimizer, loader, steps: int, epoch: int, device, op
     with PeakRSS(device) as mem:
         sync(device)
         start = time.perf_counter()
-        metrics, _ = train_one_epoch(model, rest, optimizer, schedule, nn.CrossEntropyLoss(), step=0, opts=opts)
+        trained, _ = train_one_epoch(model, rest, optimizer, schedule, nn.CrossEntropyLoss(), step=0, opts=opts)
         sync(device)
         elapsed = time.perf_counter() - start
-    return metrics["seen"] / elapsed, mem.peak
+    return trained.progress.sums.seen / elapsed, mem.peak
 
 
 class _Resume:
@@ -223,35 +223,8 @@ def fashion_mnist_arrays(cfg: DataConfig):
     return ds.train_images[:, 0], ds.train_labels
 
 
-def parse_args(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
-    p = parser or argparse.ArgumentParser(description="throughput: the usual AlexNet pipeline against ours")
-    p.add_argument("--model", default="alexnet_paper", help="alexnet_paper or alexnet_owt")
-    p.add_argument("--image-size", type=int, default=227)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (default: the usual search)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds after the warm-up")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps per phase")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual pipeline")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU) / mixed precision (CUDA); with --only ours")
-    p.add_argument("--compile", action="store_true", help="torch.compile; with --only ours")
-    p.add_argument("--only", choices=("both", "ours"), default="both", help="ours: time this package's pipeline alone")
-    p.add_argument("--data", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
-                   help="synthetic: generated images (with --only ours)")
-    p.add_argument("--in-channels", type=int, default=None, help="default: 1 for Fashion-MNIST, 3 for synthetic")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--infer-iters", type=int, default=3, help="timed batches per inference measurement")
-    p.add_argument("--infer-batch-sizes", type=int, nargs="+", default=None, metavar="B",
-                   help="inference batch sizes to time (default: 1 and --batch-size); each is its own compilation with --compile")
-    p.add_argument("--no-keep-memory", action="store_true", help="leave glibc's malloc as it is (see engine/cpu.py)")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    return p.parse_args(argv) if parser is None else p
-
-
 def build(args: argparse.Namespace, device: torch.device, which: tuple[str, ...] = ("usual", "ours")):
     """The pipelines asked for, from the same initial weights: {name: (model, optimizer, loader)}, opts, autocast."""
-    from torchvision import transforms
-
     torch.manual_seed(0)
     channels = in_channels(args)
     base = create_model(args.model, num_classes=args.num_classes, in_channels=channels, init="torch")
@@ -264,6 +237,8 @@ def build(args: argparse.Namespace, device: torch.device, which: tuple[str, ...]
         data_cfg = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, image_size=args.image_size, download=False)
     pipelines = {}
     if "usual" in which:
+        from torchvision import transforms  # the usual pipeline's alone: not loaded for --only ours
+
         model = with_torch_lrn(base).to(device)
         images, labels = fashion_mnist_arrays(data_cfg)
         dataset = PILFashionMNIST(images, labels, transforms.Compose([transforms.Resize(args.image_size), transforms.ToTensor()]))
@@ -416,10 +391,3 @@ def print_table(r: dict) -> None:
         print(f"{label:28}" + "".join(f"{v[k]:12.1f}" for k in kinds) + (f"{v['ratio']:8.2f}x" if both else ""))
     pm = r["peak_memory_mib"]
     print(f"{'peak memory while training':28}" + "".join(f"{pm[k]:9.0f}MiB" for k in kinds))
-
-
-def main(argv=None) -> int:
-    run(parse_args(argv))
-    return 0
-
-

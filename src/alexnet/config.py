@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .data.config import DATASET_DEFAULTS, DataConfig
 from .errors import AlexNetError
 
 
@@ -108,6 +109,30 @@ class TrainConfig:
         network (and so must be in a checkpoint's model_args to rebuild it): the ones given."""
         return {k: getattr(self, k) for k in ARCHITECTURE_FIELDS if getattr(self, k) is not None}
 
+    def data_config(self) -> DataConfig:
+        """The data layer's part of this configuration."""
+        kw: dict[str, Any] = dict(
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            train_dir=self.train_dir,
+            val_dir=self.val_dir,
+            val_labels=self.val_labels,
+            download=self.download,
+            subset=self.subset,
+            val_split=self.val_split,
+            image_size=self.image_size,
+            in_channels=self.in_channels,
+            workers=self.workers,
+            crop=self.crop,
+            flip=self.flip,
+            rotate=self.rotate,
+            translate=self.translate,
+        )
+        for name in ("crop_padding", "pca_color"):  # None: leave the dataset's default in place
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return DataConfig(**kw)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -163,11 +188,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=10,
     ),
 }
-# The README's main job: the best Fashion-MNIST test accuracy in at most 15 minutes on a
-# 2-core CPU. Chosen by measurement (README "Figures"): the fashion-mnist recipe at 63 px,
-# where the paper network trains several times faster than at 227, with bfloat16 autocast
-# (1.76x here), a higher peak rate and no random crops (short runs underfit; they need no
-# extra regularisation), for 6 epochs: 91.15% in 13.6 minutes.
+# The README's main job: the best Fashion-MNIST accuracy in at most 15 minutes on a 2-core
+# CPU. Chosen by measurement (benchmarks/RESULTS.md, "How the quick preset was chosen"): the
+# fashion-mnist recipe at 63 px, where the paper network trains several times faster than at
+# 227, with bfloat16 autocast, a higher peak rate and no random crops (short runs underfit;
+# they need no extra regularisation), for 6 epochs.
 # The 15 minutes are a time budget: on a slower CPU the run is planned for fewer steps
 # (measured before training; a last epoch may be cut), so it still ends in time with its
 # schedule complete.
@@ -225,6 +250,9 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.skip_nonfinite >= 0, "--skip-nonfinite must not be negative"),
         (cfg.num_classes is None or cfg.num_classes > 0, f"--num-classes must be positive, got {cfg.num_classes}"),
         (cfg.save_every is None or cfg.save_every > 0, "--save-every must be positive"),
+        (cfg.test or _has_val_split(cfg),
+         "--no-test needs a validation split: without one the held-out split validates every epoch; "
+         "give --val-split N"),
     ]
     for ok, message in checks:
         if not ok:
@@ -233,3 +261,9 @@ def validate_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise AlexNetError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def _has_val_split(cfg: TrainConfig) -> bool:
+    """Whether the run keeps training images apart to validate (the dataset's default when not given)."""
+    default = DATASET_DEFAULTS[cfg.dataset].val_split if cfg.dataset in DATASET_DEFAULTS else 0
+    return (default if cfg.val_split is None else cfg.val_split) > 0

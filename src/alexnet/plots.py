@@ -155,7 +155,7 @@ def plot_neighbors(
     std: Sequence[float] | None = None,
     suptitle: str | None = None,
 ) -> Path:
-    """One row per query: the query image, then its neighbours, each with a caption (the paper's Figure 4).
+    """One row per query: the query image, then its neighbors, each with a caption (the paper's Figure 4).
 
     Images are uint8 as stored, or normalised floats that ``mean``/``std`` undo.
     """

@@ -8,7 +8,7 @@ write ``def something_section(run: RunRecord) -> Section | None`` and put it in 
 Where the pictures come from: the curves from metrics.csv; the confusion matrix, per-class
 accuracy, samples and mistakes from evaluating the run's checkpoint (best.pt, else last.pt)
 on its validation split, exactly as ``alexnet eval`` does, so that all of them describe the
-one model the checkpoint holds; the first-layer filters and the feature-space neighbours
+one model the checkpoint holds; the first-layer filters and the feature-space neighbors
 (the paper's Figures 3 and 4) from the same checkpoint. Where that evaluation cannot be done (the data is not on
 this machine, or ``--no-eval``), the pictures training saved in plots/ at the end of its
 last epoch are used, and the page says so.
@@ -23,7 +23,6 @@ warning at the top when any did (the browser test reads these).
 from __future__ import annotations
 
 import base64
-import csv
 import datetime
 import html
 import json
@@ -34,7 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import plots
+from .engine.checkpoint import build_model, read_checkpoint
 from .errors import AlexNetError
+from .paper.figures import draw_filters, draw_neighbors
+from .run_dir import RunDirectory
 
 
 @dataclass
@@ -57,22 +59,17 @@ class RunRecord:
     no_evaluation: str | None = None  # why there is none
 
     def saved_plot(self, name: str) -> Path | None:
-        path = self.root / "plots" / name
+        path = RunDirectory(self.root).plot(name)
         return path if path.is_file() else None
 
     def confusion(self) -> tuple[list[list[int]], list[str], str] | None:
         """(matrix, class names, where from): the fresh evaluation's, else plots/confusion.json's."""
         if self.evaluation is not None:
             return self.evaluation.result["confusion"], self.evaluation.class_names, self.evaluated_from()
-        path = self.saved_plot("confusion.json")
-        if path is None:
+        saved = RunDirectory(self.root).read_confusion()
+        if saved is None:
             return None
-        try:
-            saved = json.loads(path.read_text())
-            where = f"saved at the end of training ({path.relative_to(self.root)})"
-            return saved["matrix"], saved["class_names"], where
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return *saved, "saved at the end of training (plots/confusion.json)"
 
     def evaluated_from(self) -> str:
         ev = self.evaluation
@@ -82,19 +79,14 @@ class RunRecord:
 
 def load_run(root: str | os.PathLike, checkpoint: str = "best") -> RunRecord:
     """Read and check a run directory; one-line errors for what is missing or unreadable."""
-    from .engine.checkpoint import build_model, read_checkpoint
-
-    root = Path(root)
+    run = RunDirectory(root)
+    root = run.root
     if not root.is_dir():
         raise AlexNetError(f"run directory not found: {root}")
-    metrics_path = root / "metrics.csv"
+    metrics_path = run.metrics_path
     if not metrics_path.is_file():
         raise AlexNetError(f"{root} has no metrics.csv: not a training run directory (alexnet train --out writes one)")
-    try:
-        with metrics_path.open(newline="") as f:
-            metrics = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise AlexNetError(f"cannot read {metrics_path}: {e}") from None
+    metrics = run.read_metrics()
     if not metrics:
         raise AlexNetError(f"{metrics_path} has no rows: the run has not finished an epoch yet")
     needed = {"epoch", "train_loss", "train_acc", "val_loss", "val_top1"}
@@ -106,22 +98,15 @@ def load_run(root: str | os.PathLike, checkpoint: str = "best") -> RunRecord:
         except (TypeError, ValueError):
             raise AlexNetError(f"{metrics_path}: epoch {row.get('epoch')!r} has a value that is not a number") from None
     order = ("best", "last") if checkpoint == "best" else ("last",)
-    candidates = [root / "checkpoints" / f"{name}.pt" for name in order]
+    candidates = [run.checkpoint(name) for name in order]
     found = [path for path in candidates if path.is_file()]
     if not found:
         names = " or ".join(str(path.relative_to(root)) for path in candidates)
         raise AlexNetError(f"{root} has no checkpoint: {names} does not exist")
     ckpt = read_checkpoint(found[0])
     build_model(ckpt, found[0])  # a checkpoint that does not fit its model is an error here, not half a page
-    config_path = root / "config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise AlexNetError(f"cannot read {config_path}: {e}") from None
-        if not isinstance(config, dict):
-            raise AlexNetError(f"{config_path} does not hold a configuration object")
-    else:  # an older run: the checkpoint carries the configuration too
+    config = run.read_config()
+    if config is None:  # an older run: the checkpoint carries the configuration too
         config = dict(ckpt.get("config") or {})
     return RunRecord(root=root, config=config, metrics=metrics, checkpoint_path=found[0], checkpoint=ckpt)
 
@@ -316,8 +301,6 @@ def mistakes_section(run: RunRecord) -> Section:
 
 
 def filters_section(run: RunRecord) -> Section:
-    from .paper_figures import draw_filters
-
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
         path = Path(tmp) / "filters.png"
         found = draw_filters(run.checkpoint, run.checkpoint_path, path)
@@ -330,13 +313,11 @@ def filters_section(run: RunRecord) -> Section:
 
 def neighbors_section(run: RunRecord) -> Section:
     """The paper's Figure 4 for the first validation images; needs the data, like the evaluation."""
-    from .paper_figures import draw_neighbors
-
-    title = "Nearest neighbours in feature space"
+    title = "Nearest neighbors in feature space"
     ev = run.evaluation
     if ev is None:
         why = f" ({run.no_evaluation})" if run.no_evaluation else ""
-        return Section("neighbors", title, f'<p class="missing">{esc(f"Neighbours not drawn: they need the data{why}.")}</p>')
+        return Section("neighbors", title, f'<p class="missing">{esc(f"Neighbors not drawn: they need the data{why}.")}</p>')
     with tempfile.TemporaryDirectory(prefix="alexnet-report-") as tmp:
         path = Path(tmp) / "neighbors.png"
         draw_neighbors(run.checkpoint, run.checkpoint_path, path, index=list(range(min(4, ev.result["n"]))), k=5,

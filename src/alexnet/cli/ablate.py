@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..ablation import VARIANTS, check_final_maps, describe_setup, parse_variants, run_ablation, write_report
+from ..paper.ablation import VARIANTS, check_final_maps, describe_setup, parse_variants, run_ablation, write_report
 from ..config import PRESETS, TrainConfig, resolve_config
 from ..errors import AlexNetError
 from .train import ARGUMENTS

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
-from ..analysis import feature_map_grid, feature_maps, run_dir_of
+from ..data import open_image
 from ..engine.checkpoint import load_for_inference
 from ..errors import AlexNetError
-from .predict import open_image
+from ..paper.analysis import feature_map_grid, feature_maps
+from ..run_dir import RunDirectory
 
 
 def add_parser(sub) -> None:
@@ -39,7 +40,7 @@ def run(args) -> int:
         silent = int((maps.flatten(1).amax(1) <= 0).sum())
         title = f"{name}: {c} maps of {h}x{w}" + (f", first {shown}" if shown < c else "") + f"; {silent} silent"
         panels.append((title, feature_map_grid(maps, args.channels)))
-    out = Path(args.out) if args.out else run_dir_of(args.checkpoint) / "plots" / f"activations-{Path(args.image).stem}.png"
+    out = Path(args.out) if args.out else RunDirectory.of_checkpoint(args.checkpoint).plot(f"activations-{Path(args.image).stem}.png")
     spec = preprocess.spec
     plots.plot_feature_maps(x, panels, out, mean=spec["mean"], std=spec["std"],
                             suptitle=f"{Path(args.image).name}: feature maps after each convolution's ReLU")  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import plots
 from ..data import DATASETS
 from ..engine.checkpoint_eval import DATA_OVERRIDES, evaluate_checkpoint
+from ..run_dir import RunDirectory, write_confusion
 
 
 def add_parser(sub) -> None:
@@ -36,10 +37,10 @@ def run(args) -> int:
         keep_mistakes=32,
     )
     result, names, info = ev.result, ev.class_names, ev.info
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval"
+    out = Path(args.out) if args.out else RunDirectory.of_checkpoint(args.checkpoint).eval_dir
     out.mkdir(parents=True, exist_ok=True)
     plots.plot_confusion(result["confusion"], names, out / "confusion.png")
-    (out / "confusion.json").write_text(json.dumps({"class_names": names, "matrix": result["confusion"]}) + "\n")
+    write_confusion(out, result["confusion"], names)
     if result["mistakes"]:
         plots.plot_images(
             [m[0] for m in result["mistakes"]],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis import run_dir_of
 from ..engine.checkpoint import read_checkpoint
 from ..errors import AlexNetError
-from ..paper_figures import draw_filters
+from ..paper.figures import draw_filters
+from ..run_dir import RunDirectory
 
 
 def add_parser(sub) -> None:
@@ -27,6 +27,6 @@ def run(args) -> int:
     if args.columns < 1:
         raise AlexNetError(f"--columns must be positive, got {args.columns}")
     ckpt = read_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else run_dir_of(args.checkpoint) / "plots" / "filters.png"
+    out = Path(args.out) if args.out else RunDirectory.of_checkpoint(args.checkpoint).plot("filters.png")
     print(f"{draw_filters(ckpt, args.checkpoint, out, columns=args.columns)} drawn in {out}")
     return 0

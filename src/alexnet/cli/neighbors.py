@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis import run_dir_of
 from ..engine.checkpoint import read_checkpoint
 from ..errors import AlexNetError
-from ..paper_figures import draw_neighbors
-from .predict import open_image
+from ..paper.figures import draw_neighbors
+from ..run_dir import RunDirectory
 
 
 def add_parser(sub) -> None:
@@ -23,7 +22,7 @@ def add_parser(sub) -> None:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--index", type=int, nargs="+", metavar="I", help="images of the --split split, by index")
     query.add_argument("--image", nargs="+", metavar="FILE", help="image files, preprocessed as predict does")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--k", type=int, default=6, help="neighbors per query (default 6)")
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="the split --index refers to (default val: the test set for Fashion-MNIST and CIFAR-10)")  # fmt: skip
     p.add_argument("--data-dir", default=None, metavar="DIR", help="default: where the checkpoint's data was found")
@@ -40,11 +39,11 @@ def run(args) -> int:
             if not Path(path).is_file():
                 raise AlexNetError(f"{path}: no such file")
     ckpt = read_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else run_dir_of(args.checkpoint) / "plots" / "neighbors.png"
+    out = Path(args.out) if args.out else RunDirectory.of_checkpoint(args.checkpoint).plot("neighbors.png")
     found = draw_neighbors(ckpt, args.checkpoint, out, index=args.index, images=args.image, k=args.k,
                            split=args.split, data_dir=args.data_dir, subset=args.subset,
-                           batch_size=args.batch_size, device=args.device, open_image=open_image)  # fmt: skip
+                           batch_size=args.batch_size, device=args.device)  # fmt: skip
     for line in found.lines():
         print(line)
-    print(f"neighbours drawn in {out}")
+    print(f"neighbors drawn in {out}")
     return 0

@@ -5,7 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .. import report
+from ..engine.checkpoint_eval import evaluate_checkpoint
+from ..engine.runtime import select_device
 from ..errors import AlexNetError
+from ..run_dir import RunDirectory
 
 
 def add_parser(sub) -> None:
@@ -27,14 +31,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import report
-    from ..engine.checkpoint_eval import evaluate_checkpoint
-    from ..engine.fit import select_device
-
     select_device(args.device)  # a device that is not there is an error, not a report without evaluation
     if args.batch_size is not None and args.batch_size < 1:
         raise AlexNetError(f"--batch-size must be positive, got {args.batch_size}")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "report.html"
+    out = Path(args.out) if args.out else RunDirectory(args.run_dir).report_path
     record = report.load_run(args.run_dir, checkpoint=args.checkpoint)
     with report.ReportFile(out) as target:
         if args.no_eval:

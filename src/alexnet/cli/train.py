@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import PRESETS, TrainConfig, resolve_config
 from ..data import DATASETS
-from ..engine.checkpoint import read_checkpoint
+from ..engine import fit
+from ..engine.checkpoint import read_resume_checkpoint
 from ..errors import AlexNetError
 from ..models import list_models
+from ..run_dir import RunDirectory
 
 _BOOL = argparse.BooleanOptionalAction
 
@@ -103,16 +104,14 @@ def given(args) -> dict:
     return {k: v for k, v in vars(args).items() if k in fields and v is not None}
 
 
-def config_from_args(args) -> TrainConfig:
+def config_from_args(args, resume_ckpt: dict | None = None) -> TrainConfig:
+    """The run's configuration: the preset and the flags given; with ``--resume``, the stored
+    configuration of ``resume_ckpt`` (the run's last.pt) with the flags given now on top."""
     overrides = given(args)
     if args.resume is not None:
-        # The run's own configuration, with what is given now on top (e.g. more --epochs).
-        path = Path(args.resume) / "checkpoints" / "last.pt"
-        if not path.is_file():
-            raise AlexNetError(f"nothing to resume in {args.resume}: {path} does not exist")
-        stored = read_checkpoint(path).get("config")
+        stored = (resume_ckpt or {}).get("config")
         if not isinstance(stored, dict):
-            raise AlexNetError(f"{path} holds no configuration")
+            raise AlexNetError(f"{RunDirectory(args.resume).checkpoint('last')} holds no configuration")
         base = {**stored, **overrides}
         if "epochs" in overrides:  # epochs asked for: they replace a time budget's cut of the last one
             base["train_steps"] = None
@@ -121,8 +120,8 @@ def config_from_args(args) -> TrainConfig:
 
 
 def run(args) -> int:
-    from ..engine import fit
-
-    cfg = config_from_args(args)
-    fit(cfg, started=getattr(args, "started", None))
+    # Read once (a checkpoint is 0.2-0.9 GB): its configuration here, its state in fit.
+    resume_ckpt = read_resume_checkpoint(args.resume) if args.resume is not None else None
+    cfg = config_from_args(args, resume_ckpt)
+    fit(cfg, started=getattr(args, "started", None), resume_ckpt=resume_ckpt)
     return 0

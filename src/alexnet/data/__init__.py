@@ -22,12 +22,14 @@ from .config import DATASET_DEFAULTS, DATASETS, DataConfig, DatasetInfo, resolve
 from .fashion_mnist import load_fashion_mnist
 from .idx import read_idx
 from .imagefolder import ImageFolderLoader, UnreadableImageWarning
+from .images import open_image
 from .in_memory import InMemoryLoader, SmallDataset
 from .loaders import Loader, build_loaders, build_test_loader, load_small_dataset
 from .preprocess import Preprocess, build_preprocess
 from .synthetic import make_synthetic
 
 __all__ = [
+    "open_image",
     "DATASETS",
     "DATASET_DEFAULTS",
     "DataConfig",

@@ -258,6 +258,8 @@ def _names(items: list[str], limit: int = 5) -> str:
 
 def decode_rgb(path: str) -> torch.Tensor:
     """A JPEG or PNG file as uint8 (3, H, W); raises OSError/RuntimeError/ValueError if unreadable."""
+    # torchvision's image modules load only in processes that decode image folders (the
+    # loader's workers), not in every command that imports the data layer.
     from torchvision.io import ImageReadMode, decode_image
 
     data = Path(path).read_bytes()
@@ -276,7 +278,7 @@ def decode_rgb(path: str) -> torch.Tensor:
 
 def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (..., H, W) with the shorter side brought to ``size`` (bilinear, antialiased)."""
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2 import functional as TF  # as in decode_rgb: only where folders are read
 
     return TF.resize(image, [size], antialias=True)
 
@@ -374,7 +376,7 @@ class DecodedImages(Dataset):
         return self.geometry(image, rng), self.images.targets[index]
 
     def geometry(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
+        from torchvision.transforms.v2 import functional as TF  # as in decode_rgb: only where folders are read
 
         if self.mode == "ten_crop":
             return ten_crop_geometry(image, self.resize, self.size)

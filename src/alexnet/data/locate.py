@@ -80,7 +80,7 @@ def one_line(error: BaseException, limit: int = 160) -> str:
 
 def torchvision_download(dataset: str, root: Path) -> None:
     """Fetch ``dataset`` with torchvision into ``root`` (its own layout under ``root``)."""
-    from torchvision import datasets
+    from torchvision import datasets  # only when nothing was found offline: torchvision.datasets is slow to import
 
     cls = {"fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[dataset]
     root.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 from .checkpoint import load_for_inference, read_checkpoint, save_checkpoint
 from .evaluate import evaluate
-from .fit import fit, select_device
+from .fit import fit
+from .runtime import select_device
 from .optim import LRSchedule, create_optimizer
 from .train import StepOptions, train_one_epoch
 

@@ -28,8 +28,8 @@ from .optim import LRSchedule, create_optimizer
 from .train import StepOptions, train_one_epoch
 
 # Reserved for what the measurement does not see: checkpoint writes, the end-of-run plots,
-# and steps slower than the first few (on the AVX-512 machine the quick preset's epochs ran
-# 0.49-0.51 s a step against an estimate of 0.475 s: 3-8% more).
+# and steps a little slower than the first few (benchmarks/budget_estimate.py compares the
+# estimate with later steps; figures in benchmarks/RESULTS.md).
 MARGIN = 0.10
 WARMUP_STEPS = 3
 TIMED_STEPS = 5
@@ -80,10 +80,10 @@ def measure_speed(model: nn.Module, cfg, train_loader, val_loader, loss_fn: nn.M
     """Time real steps and evaluation batches of a copy of ``model``; the model, the loaders'
     epoch and the random state are as before afterwards.
 
-    The first WARMUP_STEPS steps are not counted (oneDNN builds its primitives, the allocator
-    grows: on an AVX-512 CPU the second to fourth bfloat16 steps took up to 1.8x a later one,
-    benchmarks/budget_estimate.py); the estimate is the median of the next TIMED_STEPS, all in
-    one pass of the loader.
+    The first WARMUP_STEPS steps are not counted: oneDNN builds its primitives and the
+    allocator grows, so the first few steps of a fresh process are slower than later ones
+    (benchmarks/budget_estimate.py). The estimate is the median of the next TIMED_STEPS, all in
+    one pass of the loader, so that an odd slow step does not count.
     """
     device = next(model.parameters()).device
     saved = rng_state(device)

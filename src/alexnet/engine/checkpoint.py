@@ -21,6 +21,7 @@ import pickle
 import re
 import random
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..data import build_preprocess
 from ..errors import AlexNetError
 from ..models import create_model
+from ..run_dir import RunDirectory
 from .optim import LRSchedule, adopt_update
+from . import distributed as dist
+from .train import EpochProgress, NonFiniteLoss, RunningSums
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -109,6 +114,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
+def read_resume_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``RUN_DIR/checkpoints/last.pt``, what ``--resume RUN_DIR`` continues from."""
+    path = RunDirectory(run_dir).checkpoint("last")
+    if not path.is_file():
+        raise AlexNetError(f"nothing to resume in {run_dir}: {path} does not exist")
+    return read_checkpoint(path)
+
+
 def is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip holding a code/ folder and constants.pkl."""
     try:
@@ -167,8 +180,6 @@ def build_model(ckpt: dict[str, Any], path: str | os.PathLike) -> nn.Module:
 
 def load_for_inference(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """(model in eval mode, class names, preprocess) from a training checkpoint."""
-    from ..data import build_preprocess
-
     ckpt = read_checkpoint(path, map_location)
     model = build_model(ckpt, path).eval()
     class_names = list(ckpt.get("class_names") or [str(i) for i in range(ckpt["model_args"]["num_classes"])])
@@ -211,19 +222,120 @@ def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> dict[str
     return None
 
 
-def rank_partial(ckpt: dict[str, Any], rank: int, world_size: int) -> dict | None:
+def rank_sums(ckpt: dict[str, Any], rank: int, world_size: int) -> RunningSums | None:
     """This rank's running sums of the unfinished epoch a checkpoint stopped in. With another
     world size, rank 0 takes the sums of all the saved ranks: the epoch's totals stay right."""
     per_rank = ckpt.get("partial_per_rank")
     if isinstance(per_rank, list) and len(per_rank) == world_size:
-        return per_rank[rank]
+        return RunningSums.from_dict(per_rank[rank])
     if isinstance(per_rank, list) and per_rank and all(per_rank):
         if rank != 0:
             return None
-        return {k: sum(p[k] for p in per_rank) for k in ("loss_sum", "correct", "seen")}
-    return ckpt.get("partial") if rank == 0 else None
+        return RunningSums(**{k: sum(p[k] for p in per_rank) for k in ("loss_sum", "correct", "seen")})
+    return RunningSums.from_dict(ckpt.get("partial")) if rank == 0 and ckpt.get("partial") else None
 
 
 def _as_tuple(x):
     # weights_only loading hands tuples back as they were saved, but be tolerant of lists.
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def checkpoint_seconds(model: nn.Module) -> float:
+    """A first guess at writing a checkpoint (the weights and two optimizer buffers each, at
+    200 MB/s) until one is timed."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 200e6
+
+
+class CheckpointSaver:
+    """A run's last.pt and best.pt, and its metrics rows, written by rank 0.
+
+    Every method is a collective: all ranks call it at the same step (each rank's random state and
+    running sums are gathered into rank 0's checkpoint), and where rank 0 cannot write, every rank
+    stops with it instead of waiting in the next all-reduce. It keeps what a checkpoint records
+    besides the training state: the best validation figure so far and the bad batches skipped.
+    """
+
+    def __init__(self, run: RunDirectory, *, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
+                 schedule: LRSchedule, scaler: torch.amp.GradScaler, cfg, model_args: dict, class_names: list[str],
+                 preprocess: dict, device: torch.device):  # fmt: skip
+        self.run, self.model, self.net, self.device = run, model, net, device
+        self.optimizer, self.schedule, self.scaler = optimizer, schedule, scaler
+        self.cfg = cfg  # the run's configuration as it stands (the time budget may shorten it)
+        self.model_args, self.class_names, self.preprocess = model_args, list(class_names), preprocess
+        self.best_top1, self.best_epoch, self.nonfinite_skipped = -1.0, 0, 0
+        self.save_s = checkpoint_seconds(model)  # the last epoch-end write's seconds, what the budget plans on
+
+    def resume_from(self, ckpt: dict[str, Any]) -> None:
+        self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
+        self.nonfinite_skipped = int(ckpt.get("nonfinite_skipped", 0))
+
+    def state(self, epoch: int, step: int, *, metrics: dict | None = None, unfinished: EpochProgress | None = None,
+              skipped_now: int = 0) -> dict[str, Any] | None:  # fmt: skip
+        """What rank 0 saves (None on the other ranks): ``epoch`` completed epochs, and for an
+        epoch cut short, how far it got; ``skipped_now``: bad batches of a mid-epoch save that
+        the run's count does not hold yet."""
+        if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
+            # Never replace a good checkpoint with broken weights. (Every rank has the same weights
+            # and so stops here together.)
+            raise NonFiniteLoss(f"the weights became NaN or infinite by step {step}; the last good checkpoint is kept; "
+                                "try a lower --lr or --clip-grad 1.0")  # fmt: skip
+        sums = unfinished.sums.to_dict() if unfinished is not None else None
+        every = dist.all_gather_object({"rng": rng_state(self.device), "partial": sums})
+        if not dist.is_main_process():
+            return None
+        return {
+            "model": dist.unwrap(self.net).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "rng": every[0]["rng"],
+            "rng_per_rank": [r["rng"] for r in every],
+            "config": self.cfg.to_dict(),
+            "model_args": self.model_args,
+            "class_names": self.class_names,
+            "preprocess": self.preprocess,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "metrics": metrics,
+            "batch_in_epoch": unfinished.batches if unfinished is not None else 0,
+            "partial": sums,
+            "partial_per_rank": [r["partial"] for r in every] if unfinished is not None else None,
+            "nonfinite_skipped": self.nonfinite_skipped + skipped_now,
+        }
+
+    def write(self, state: dict | None, *names: str, metrics: dict | None = None) -> None:
+        """Rank 0 writes the metrics row and the checkpoints ``names`` (last, best)."""
+        error = None
+        try:
+            if metrics is not None and dist.is_main_process():
+                self.run.append_metrics(metrics, keep_epochs=int(metrics["epoch"]))
+            for name in names if state is not None else ():
+                save_checkpoint(state, self.run.checkpoint(name))
+        except AlexNetError as e:
+            error = e
+        except OSError as e:
+            error = AlexNetError(f"cannot write to {self.run.root}: {e.strerror or e}")
+        dist.raise_together(error, self.device)
+
+    def save_unfinished(self, epoch: int, progress: EpochProgress, *, mid_epoch: bool) -> None:
+        """last.pt where an epoch stands: every --save-every steps (``mid_epoch``, its skipped
+        batches not yet counted), or stopped by a signal."""
+        self.write(self.state(epoch, progress.step, unfinished=progress,
+                              skipped_now=progress.nonfinite_skipped if mid_epoch else 0), "last")  # fmt: skip
+
+    def save_epoch_end(self, epoch: int, progress: EpochProgress, row: dict, top1: float) -> bool:
+        """The metrics row, best.pt when ``top1`` beats the best so far, and last.pt; whether it did."""
+        improved = top1 > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch = top1, epoch + 1
+        done = progress.complete
+        saving = time.perf_counter()
+        state = self.state(epoch + 1 if done else epoch, progress.step, metrics=row, unfinished=None if done else progress)
+        # best.pt before last.pt: a run killed between the two never has a last.pt naming a
+        # best epoch whose best.pt was not written.
+        self.write(state, *(["best"] if improved else []), "last", metrics=row)
+        self.save_s = time.perf_counter() - saving
+        return improved

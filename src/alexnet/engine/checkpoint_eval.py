@@ -18,7 +18,7 @@ from ..data import DatasetInfo, build_loaders
 from ..errors import AlexNetError
 from .checkpoint import build_model, read_checkpoint
 from .evaluate import evaluate
-from .fit import amp_context, data_config, select_device
+from .runtime import amp_context, select_device
 
 # The data settings a caller may change; everything else is the checkpoint's.
 DATA_OVERRIDES = ("dataset", "data_dir", "val_dir", "val_labels", "subset")
@@ -65,7 +65,7 @@ def evaluate_checkpoint(
     cfg.val_split = 0  # the dataset's held-out split, whatever the run validated on
     dev = select_device(device)
     batch = batch_size or cfg.eval_batch_size or cfg.batch_size
-    _, loader, info = build_loaders(data_config(cfg), device=dev, batch_size=batch, eval_batch_size=batch, tta=tta)
+    _, loader, info = build_loaders(cfg.data_config(), device=dev, batch_size=batch, eval_batch_size=batch, tta=tta)
     num_classes = ckpt["model_args"]["num_classes"]
     model.to(dev)
     if cfg.channels_last:

@@ -2,11 +2,10 @@
 
 glibc returns large freed blocks to the operating system (they are mmap'ed above 128 KiB
 and trimmed when free); a training step frees and reallocates the same few hundred MB of
-activations every step, and touching fresh pages costs about five times a pass over memory
+activations every step, and touching fresh pages costs several times a pass over memory
 already mapped. Keeping freed memory in the process (what ``MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=...`` do from the environment) made a 227 px training step 1.33x
-faster (benchmarks/step_options.py, README "Performance"). The cost: the process keeps its
-peak memory until it exits.
+MALLOC_TRIM_THRESHOLD_=...`` do from the environment) avoids that (benchmarks/step_options.py;
+figures in benchmarks/RESULTS.md). The cost: the process keeps its peak memory until it exits.
 """
 
 from __future__ import annotations
@@ -39,9 +38,9 @@ def has_fast_bfloat16() -> bool:
     """Whether this CPU runs bfloat16 matmuls and convolutions in oneDNN's native kernels.
 
     oneDNN takes bfloat16 on x86 with AVX-512 (native with AVX512_BF16 or AMX) and on Arm
-    with its BF16 extension; elsewhere PyTorch falls back to scalar kernels. Measured on an
-    AVX2-only EPYC: a bfloat16-autocast training step of alexnet_paper at 63 px ran at 2.2
-    images/s against 65 in float32, 30x slower (README "Performance").
+    with its BF16 extension; elsewhere PyTorch falls back to scalar kernels, which make a
+    bfloat16-autocast training step far slower than float32 (benchmarks/step_options.py on an
+    AVX2-only CPU; figures in benchmarks/RESULTS.md).
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -60,10 +59,9 @@ def subnormals_flushed(enabled: bool = True):
     thread, and in every thread it starts meanwhile; this thread's setting is put back afterwards.
 
     AdamW's first moment decays by 0.9 a step wherever a gradient stays zero (a ReLU that no
-    longer fires), into numbers below 1.2e-38 that the CPU handles in slow microcode: after the
-    quick preset's 2,180 steps 28% of the moment's entries were subnormal, the (for-loop) AdamW
-    step took 252 ms instead of 123, and the run's epochs slowed from 365 to 279 images/s;
-    flushed, the step took 134 ms, and the fused one 36 ms against 146 (benchmarks/optimizer_step.py).
+    longer fires), into numbers below 1.2e-38 that the CPU handles in slow microcode, so a long
+    run's optimizer steps, and its epochs, slow down as they accumulate; flushed, they do not
+    (benchmarks/optimizer_step.py; figures in benchmarks/RESULTS.md).
     Enter it before the first parallel operation: the intra-op threads copy the setting when
     they are created, and keep it after the block (so a later large operation, split between
     them, flushes while a small one on this thread does not); threads that already existed keep

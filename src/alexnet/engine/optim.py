@@ -27,10 +27,9 @@ def create_optimizer(
     a CUDA device (PyTorch has fused kernels for MPS too; not used here, unmeasured).
 
     The fused update reads and writes each parameter, gradient and state tensor once, where
-    the default for-loop update passes over memory once per arithmetic operation. For
-    alexnet_paper's 58 M parameters on a 2-core CPU, an AdamW step took 35 ms fused against
-    123 ms, SGD with momentum 26 ms against 66 ms (benchmarks/optimizer_step.py): at 63 px
-    the difference is a quarter of a training step.
+    the default for-loop update passes over memory once per arithmetic operation; for
+    AlexNet's 58 M parameters that is a large part of a small-image training step
+    (benchmarks/optimizer_step.py; figures in benchmarks/RESULTS.md).
     """
     # Param groups as torch takes them (a tensor or an iterable of them under "params"), read once.
     params = [

@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,48 @@ from .step_guard import StepGuard, guarded_update
 
 class NonFiniteLoss(AlexNetError):
     """The loss became NaN or infinite; the message says where and what to try."""
+
+
+@dataclass
+class RunningSums:
+    """One rank's running totals over the steps taken in an epoch (skipped batches count in none)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain numbers, as checkpoints keep them (``weights_only`` loads them back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> RunningSums:
+        return cls(**{k: d[k] for k in ("loss_sum", "correct", "seen")}) if d else cls()
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: all that a checkpoint of an unfinished epoch needs, so that the
+    resumed epoch starts at the next batch and reports what an uninterrupted one would."""
+
+    batches: int  # batches done in this epoch: the resumed epoch starts at this one
+    step: int  # optimizer steps of the whole run
+    complete: bool
+    nonfinite_skipped: int  # bad batches skipped in this epoch so far
+    sums: RunningSums
+
+
+@dataclass
+class EpochResult:
+    """What ``train_one_epoch`` returns besides the step: the epoch's figures and where it stopped."""
+
+    train_loss: float
+    train_acc: float
+    images_per_s: float
+    time_s: float
+    lr: float
+    signal: int  # the signal that stopped the epoch (agreed by all ranks), 0 for none
+    progress: EpochProgress
 
 
 @dataclass
@@ -49,45 +92,44 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     start_batch: int = 0,
-    partial: dict | None = None,
+    sums: RunningSums | None = None,
     stop=None,
-    save: Callable[[dict], None] | None = None,
-) -> tuple[dict[str, float], int]:
-    """Train over ``loader`` once; returns (metrics, global step).
+    save: Callable[[EpochProgress], None] | None = None,
+) -> tuple[EpochResult, int]:
+    """Train over ``loader`` once; returns (result, global step).
 
     The epoch ends early at ``opts.max_steps`` or on a signal (``stop.requested``; under DDP
-    when any rank received one); then ``metrics["batches"]`` is less than ``len(loader)`` and
-    ``metrics["partial"]`` holds the running sums, so a resumed run (``start_batch``,
-    ``partial``) reports the same figures as one that was never stopped. The loader must
-    already start at ``start_batch``.
+    when any rank received one); then ``result.progress`` is incomplete and holds the batch
+    reached and the running sums, so a resumed run (``start_batch``, ``sums``) reports the same
+    figures as one that was never stopped. The loader must already start at ``start_batch``.
 
     A batch whose loss is NaN or infinite never reaches the weights (step_guard.py): it is
     skipped while ``opts.skip_nonfinite`` allows (it still counts as a step, keeping the schedule
     in line with the data), otherwise every later step is skipped too and NonFiniteLoss is raised
     at the next read, every ``opts.sync_every`` steps. Every ``opts.save_every`` steps ``save``
-    gets the running metrics (as an epoch cut short would return them) to write a mid-epoch
+    gets the epoch's progress (as an epoch cut short would return it) to write a mid-epoch
     checkpoint; it is called on every rank.
     """
     model.train()
     autocast = opts.autocast if opts.autocast is not None else contextlib.nullcontext()
     scaler = opts.scaler if opts.scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
     device = next(model.parameters()).device
-    partial = partial or {}
+    before = sums or RunningSums()
     # Running sums stay on the device (torch.full fills there: no host-to-device copy).
-    loss_sum = torch.full((), float(partial.get("loss_sum", 0.0)), device=device)
-    correct = torch.full((), int(partial.get("correct", 0)), device=device, dtype=torch.long)
-    seen = torch.full((), int(partial.get("seen", 0)), device=device, dtype=torch.long)
-    seen_before, lr = int(partial.get("seen", 0)), schedule.optimizer.param_groups[0]["lr"]
+    loss_sum = torch.full((), float(before.loss_sum), device=device)
+    correct = torch.full((), int(before.correct), device=device, dtype=torch.long)
+    seen = torch.full((), int(before.seen), device=device, dtype=torch.long)
+    seen_before, lr = int(before.seen), schedule.optimizer.param_groups[0]["lr"]
     batches, skipped, signum = start_batch, 0, 0
     guard = StepGuard(device, allowance=opts.skip_nonfinite, agree=opts.agree)
     start = time.perf_counter()
     bar = tqdm(total=len(loader), initial=start_batch, desc=desc, disable=not progress, leave=False,
                dynamic_ncols=True, unit="batch")  # fmt: skip
 
-    def sums() -> dict:
+    def host_sums() -> RunningSums:
         """The running sums on the host (a sync): what a checkpoint of an unfinished epoch keeps."""
         n, right = torch.stack([seen, correct]).cpu().tolist()
-        return {"loss_sum": loss_sum.item(), "correct": right, "seen": n}
+        return RunningSums(loss_sum=loss_sum.item(), correct=right, seen=n)
 
     def settle() -> int:
         """Read the verdicts (a host sync): report skips, raise on a failure; the agreed signal (0: none)."""
@@ -100,10 +142,10 @@ def train_one_epoch(
         if reading.failed is not None:
             raise non_finite(*reading.failed)
         if progress:
-            now = sums()
-            if now["seen"]:
-                n, rate = now["seen"], (now["seen"] - seen_before) / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{now['loss_sum'] / n:.4f}", acc=f"{now['correct'] / n:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+            now = host_sums()
+            if now.seen:
+                n, rate = now.seen, (now.seen - seen_before) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{now.loss_sum / n:.4f}", acc=f"{now.correct / n:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
         return reading.signal
 
     try:
@@ -149,27 +191,24 @@ def train_one_epoch(
                 total = opts.budget.check(step)
                 opts.max_steps = total if opts.max_steps is None else min(opts.max_steps, total)
             if due_save:
-                save({"batches": batches, "step": step, "complete": False, "nonfinite_skipped": skipped,
-                      "partial": sums()})  # fmt: skip
+                save(EpochProgress(batches=batches, step=step, complete=False, nonfinite_skipped=skipped, sums=host_sums()))
         signum = settle() or signum  # what the last read did not see (a loader that ended early)
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    final = sums()
-    n = final["seen"]
-    return {
-        "train_loss": final["loss_sum"] / n if n else float("nan"),
-        "train_acc": final["correct"] / n if n else float("nan"),
-        "images_per_s": (n - seen_before) / elapsed if elapsed > 0 else 0.0,
-        "time_s": elapsed,
-        "lr": lr,
-        "seen": n,
-        "batches": batches,
-        "complete": batches >= len(loader),
-        "nonfinite_skipped": skipped,
-        "signal": signum,  # the signal that stopped the epoch (agreed by all ranks), 0 for none
-        "partial": final,
-    }, step
+    final = host_sums()
+    n = final.seen
+    reached = EpochProgress(batches=batches, step=step, complete=batches >= len(loader), nonfinite_skipped=skipped,
+                            sums=final)  # fmt: skip
+    return EpochResult(
+        train_loss=final.loss_sum / n if n else float("nan"),
+        train_acc=final.correct / n if n else float("nan"),
+        images_per_s=(n - seen_before) / elapsed if elapsed > 0 else 0.0,
+        time_s=elapsed,
+        lr=lr,
+        signal=signum,
+        progress=reached,
+    ), step
 
 
 def non_finite(step: int, batch: int, lr: float, loss: float, elsewhere: bool = False) -> NonFiniteLoss:

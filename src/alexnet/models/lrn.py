@@ -13,31 +13,27 @@ layout each GPU normalised only its own half of the kernel maps.
 Two implementations sit behind the module:
 
 - ``"fused"`` (the default): ``LocalResponseNormFunction``, an autograd Function with the
-  closed-form backward. On a 2-core AVX-512 CPU, forward + backward at batch 128 takes
-  293 ms instead of torch's 1200 ms after conv1 and 207 instead of 788 after conv2
-  (4-5x, float32; ``benchmarks/lrn.py``), and a training step of alexnet_paper 3.1 s
-  instead of 4.6 (``benchmarks/step_options.py``).
+  closed-form backward, several times faster than torch's on a CPU (``benchmarks/lrn.py``
+  and ``benchmarks/step_options.py``; figures in benchmarks/RESULTS.md).
 - ``"torch"``: ``torch.nn.functional.local_response_norm``, the reference. It is also what
   runs under TorchScript, ``torch.jit.trace`` and ONNX export, which cannot record a
   Python autograd Function.
 
-How the fused one is fast, on a CPU where one pass over a (128, 96, 55, 55) float32
-tensor takes about 7 ms but allocating and first touching a new one about 35 ms:
+How the fused one is fast, on a CPU where allocating and first touching a new
+activation-sized tensor costs several passes over one already mapped:
 
 - Window sums are shifted-slice multiply-adds along the channel dimension, written into
   a buffer in place (``addcmul_`` on views), so x**2 is never materialised: 5 passes for
-  a window of 5, about 20 ms at both AlexNet shapes in either memory format. A
-  cumulative-sum difference takes 53-126 ms (and loses precision to cancellation), a
-  banded (C, C) matmul 83-95 ms, torch's pad + avg_pool3d 185-290 ms
+  a window of 5. That beat a cumulative-sum difference (which also loses precision to
+  cancellation), a banded (C, C) matmul and torch's pad + avg_pool3d
   (``benchmarks/lrn.py --window``). Slices work unchanged for contiguous and
   channels_last tensors, and a (N, groups, C/groups, ...) view keeps windows inside
   their group with no loop.
-- s**-beta for the common beta=0.75 is rsqrt(s * sqrt(s)): three cheap passes, 20 ms,
-  instead of ``pow``'s 31 ms.
+- s**-beta for the common beta=0.75 is rsqrt(s * sqrt(s)): three cheap passes, faster than
+  ``pow``.
 - Only s = k + alpha/size * W(x**2) is saved besides the input (which the ReLU before it
-  keeps alive anyway): one extra activation-sized tensor, 142 MB after conv1 at batch 128
-  against 431 MB for torch's. s**-beta is recomputed in the backward rather than saved,
-  which would cost a second one.
+  keeps alive anyway): one extra activation-sized tensor, where torch's keeps three.
+  s**-beta is recomputed in the backward rather than saved, which would cost a second one.
 - bfloat16 (autocast) inputs are computed in float32 and the output stays bfloat16;
   torch's has no bfloat16 avg_pool3d on CPU and runs in float32 under autocast.
 

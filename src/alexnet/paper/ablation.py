@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import TrainConfig, validate_config
-from .errors import AlexNetError
+import torch
+
+from .. import plots
+from ..config import TrainConfig, validate_config
+from ..engine import fit
+from ..engine.fit import TrainingStopped
+from ..errors import AlexNetError
+from ..models import create_model
+from ..run_dir import RunDirectory
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,6 @@ def variant_config(base: TrainConfig, variant: str, seed: int, run_dir: Path) ->
 def final_map(cfg: TrainConfig) -> tuple[int, int] | None:
     """The height and width of the last feature map (what fc6 sees) for ``cfg``'s network and
     image size; None where the image is too small for it."""
-    import torch
-
-    from .models import create_model
-
     model = create_model(cfg.model, num_classes=10, in_channels=cfg.in_channels or 1, **cfg.model_kwargs())
     try:
         with torch.no_grad():
@@ -192,9 +195,6 @@ def run_ablation(
     A run that fails (a non-finite loss, say) is recorded as failed and the others go on;
     a stop on SIGINT/SIGTERM stops the whole ablation, and running it again resumes.
     """
-    from .engine import fit
-    from .engine.fit import TrainingStopped
-
     maps = check_final_maps(base, variants)
     log("last feature map (what fc6 sees): " + ", ".join(f"{v} {'x'.join(map(str, m))}" for v, m in maps.items()))
     out = Path(out)
@@ -211,7 +211,7 @@ def run_ablation(
                 log(f"{head}: reusing the finished run in {run_dir} (top-1 error {100 * previous.top1_error:.2f}%)")
                 results.append(previous)
             else:
-                if (run_dir / "checkpoints" / "last.pt").is_file():
+                if RunDirectory(run_dir).checkpoint("last").is_file():
                     cfg.resume = str(run_dir)
                     log(f"{head}: resuming {run_dir}")
                 else:
@@ -242,12 +242,12 @@ def finished_result(run_dir: Path, cfg: TrainConfig) -> RunResult | None:
     not be mixed into this table, nor its checkpoints resumed with other settings.
     """
     want = comparable(cfg.to_dict())
-    stored = None
+    run, stored = RunDirectory(run_dir), None
     if (run_dir / RESULT_FILE).is_file():
         record = json.loads((run_dir / RESULT_FILE).read_text())
         stored, result = record.get("config", {}), record.get("result", {})
-    elif (run_dir / "config.json").is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
-        stored, result = json.loads((run_dir / "config.json").read_text()), None
+    elif run.checkpoint("last").is_file():
+        stored, result = run.read_config(), None
     if stored is None:
         return None
     differ = sorted(k for k in set(want) | set(comparable(stored)) if want.get(k) != stored.get(k))
@@ -264,8 +264,7 @@ def finished_result(run_dir: Path, cfg: TrainConfig) -> RunResult | None:
 
 def result_from_run(run_dir: Path, variant: str, seed: int, final_eval: dict) -> RunResult:
     """The last epoch's figures from metrics.csv (the final weights, not the best epoch's)."""
-    path = run_dir / "metrics.csv"
-    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    rows = RunDirectory(run_dir).read_metrics()
     if not rows:
         return RunResult(variant, seed, str(run_dir), "failed", message="no completed epoch in metrics.csv")
     last = rows[-1]
@@ -326,8 +325,6 @@ def summarize(results: Sequence[RunResult], final_maps: dict[str, str] | None = 
 def write_report(results: Sequence[RunResult], stem: str | Path, *, setup: str, title: str,
                  final_maps: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
     """``stem``.csv (one row per variant), ``stem``-runs.csv (one per run), ``stem``.md and ``stem``.png."""
-    from . import plots
-
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, final_maps)

@@ -1,4 +1,4 @@
-"""The paper's Figure 3 (first-layer kernels) and Figure 4 (feature-space neighbours) of a checkpoint.
+"""The paper's Figure 3 (first-layer kernels) and Figure 4 (feature-space neighbors) of a checkpoint.
 
 One function per figure, shared by ``alexnet filters``, ``alexnet neighbors``, the HTML report
 and the notebook: each takes a checkpoint (its path and the dictionary read from it) and
@@ -15,15 +15,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import plots
+from .. import plots
+from ..config import TrainConfig
+from ..data import build_preprocess, open_image
+from ..data.eval_split import open_eval_split
+from ..engine.checkpoint import build_model
+from ..engine.runtime import select_device
+from ..errors import AlexNetError
+from ..run_dir import RunDirectory
 from .analysis import bank_features, cached_features, feature_scale, filter_blocks, first_layer_kernels
-from .analysis import neighbors, query_features, run_dir_of
-from .config import TrainConfig
-from .data import build_preprocess
-from .data.eval_split import open_eval_split
-from .engine.checkpoint import build_model
-from .engine.fit import data_config, select_device
-from .errors import AlexNetError
+from .analysis import neighbors, query_features
 
 
 def draw_filters(ckpt: dict, checkpoint: str | os.PathLike, out: str | os.PathLike, *, columns: int = 16) -> str:
@@ -48,7 +49,7 @@ def draw_filters(ckpt: dict, checkpoint: str | os.PathLike, out: str | os.PathLi
 
 
 @dataclass
-class Neighbours:
+class Neighbors:
     """What ``draw_neighbors`` found: per query, its caption and its (split index, class, distance) hits."""
 
     queries: list[str]
@@ -73,9 +74,8 @@ def draw_neighbors(
     subset: int | None = None,
     batch_size: int = 256,
     device: str = "auto",
-    open_image: Callable[[str], object] | None = None,
     log: Callable[[str], None] = print,
-) -> Neighbours:
+) -> Neighbors:
     """For query images (``index`` into ``split``, or image files), the ``k`` training images
     nearest in the last hidden layer, drawn as one row per query in ``out``.
 
@@ -107,12 +107,12 @@ def draw_neighbors(
     dev = select_device(device)
     model.to(dev)
 
-    dcfg = data_config(cfg)
+    dcfg = cfg.data_config()
     train = open_eval_split(dcfg, "train", spec)
     queried = train if split == "train" else open_eval_split(dcfg, "val", spec)
     for i in index or ():
         queried.check_index(i)
-    bank, _ = cached_features(model, checkpoint, train, run_dir_of(checkpoint) / "cache",
+    bank, _ = cached_features(model, checkpoint, train, RunDirectory.of_checkpoint(checkpoint).cache_dir,
                               batch_size=batch_size, device=dev, log=log)  # fmt: skip
     if index is not None:
         # (picture, caption) per query; training images take their features from the bank.
@@ -121,8 +121,6 @@ def draw_neighbors(
         if feats is None:
             feats = query_features(model, queried.images(list(index)), dev)
     else:
-        if open_image is None:
-            raise AlexNetError("image files need an image reader")
         preprocess = build_preprocess(spec)
         inputs = [preprocess(open_image(path)) for path in images]
         queries = [(x, Path(path).name) for x, path in zip(inputs, images)]
@@ -139,4 +137,4 @@ def draw_neighbors(
     plots.plot_neighbors(rows, out, mean=spec["mean"], std=spec["std"],
                          suptitle=f"{ckpt['model_args']['name']}: nearest training images\n"
                                   "in the last hidden layer (Euclidean distance d)")  # fmt: skip
-    return Neighbours([q for _, q in queries], hits, digits)
+    return Neighbors([q for _, q in queries], hits, digits)

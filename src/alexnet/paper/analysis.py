@@ -1,5 +1,5 @@
 """The tensor work behind the paper's pictures: first-layer kernels as a grid (Figure 3),
-nearest neighbours in the last hidden layer (Figure 4), and the feature maps of each
+nearest neighbors in the last hidden layer (Figure 4), and the feature maps of each
 convolution. Everything here returns tensors; plots.py draws them.
 """
 
@@ -17,16 +17,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .data.eval_split import EvalSplit
-from .errors import AlexNetError
+from ..data.eval_split import EvalSplit
+from ..errors import AlexNetError
 
 FEATURE_CACHE_VERSION = 1
-
-
-def run_dir_of(checkpoint: str | os.PathLike) -> Path:
-    """The run directory a checkpoint belongs to (RUN/checkpoints/x.pt -> RUN), else its folder."""
-    path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 # ------------------------------------------------------------------------------ filters
@@ -151,7 +145,7 @@ def feature_map_grid(maps: torch.Tensor, channels: int = 32, pad: int = 1) -> to
     return tile((shown / peak[:, None, None]).unsqueeze(1), ncols, pad, pad_value=math.nan)
 
 
-# ------------------------------------------------------------------------------ neighbours
+# ------------------------------------------------------------------------------ neighbors
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
