@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from alexnet.paper.ablation import VARIANTS, describe_setup, parse_variants, run_ablation, write_report
+from alexnet.paper.ablation import VARIANTS, describe_setup, final_map_labels, parse_variants, run_ablation, write_report
 from alexnet.config import resolve_config
 from alexnet.errors import AlexNetError
 
@@ -71,9 +71,10 @@ def main() -> int:
     t0 = time.perf_counter()
 
     def report(results) -> None:
-        write_report(results, stem, setup=setup, title=title)
+        write_report(results, stem, setup=setup, title=title, final_maps=maps)
 
     try:
+        maps = final_map_labels(base, variants)
         results = run_ablation(base, variants, seeds, out, after_each=report)
     except AlexNetError as e:
         print(f"ablation: {e}", file=sys.stderr)
@@ -84,7 +85,7 @@ def main() -> int:
         f" Wall time of the last invocation: {wall / 60:.1f} min for {trained} run(s) trained"
         f" and {len(results) - trained} reused or failed."
     )
-    paths = write_report(results, stem, setup=setup, title=title)
+    paths = write_report(results, stem, setup=setup, title=title, final_maps=maps)
     print(stem.with_suffix(".md").read_text(), end="")
     print("written: " + ", ".join(str(p) for p in paths))
     return 0 if all(r.status != "failed" for r in results) else 1

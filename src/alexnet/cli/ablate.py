@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..paper.ablation import VARIANTS, check_final_maps, describe_setup, parse_variants, run_ablation, write_report
+from ..paper.ablation import VARIANTS, describe_setup, final_map_labels, parse_variants, run_ablation, write_report
 from ..config import PRESETS, TrainConfig, resolve_config
 from ..errors import AlexNetError
 from .train import ARGUMENTS
@@ -54,7 +54,7 @@ def run(args) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     title = f"Ablations of {base.model} on {base.dataset}"
     setup = describe_setup(base, seeds)
-    maps = {v: "x".join(map(str, m)) for v, m in check_final_maps(base, variants).items()}
+    maps = final_map_labels(base, variants)
 
     def report(results):
         write_report(results, out / "ablation", setup=setup, title=title, final_maps=maps)

@@ -157,6 +157,11 @@ def check_final_maps(base: TrainConfig, variants: Sequence[str]) -> dict[str, tu
                        f"{', '.join(map(str, good))}")  # fmt: skip
 
 
+
+def final_map_labels(base: TrainConfig, variants: Sequence[str]) -> dict[str, str]:
+    """The table's "last feature map" column: each variant's map as HxW (checked as check_final_maps does)."""
+    return {v: "x".join(map(str, m)) for v, m in check_final_maps(base, variants).items()}
+
 def describe_setup(cfg: TrainConfig, seeds: Sequence[int]) -> str:
     """One sentence saying what every run of an ablation shares."""
     amp = ", bfloat16 autocast" if cfg.amp else ""
