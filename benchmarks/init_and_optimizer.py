@@ -54,7 +54,7 @@ def main() -> int:
         last, _ = train_one_epoch(model, FirstBatches(loader, tail), opt, schedule, nn.CrossEntropyLoss(), step=step,
                                   opts=StepOptions(channels_last=True))  # fmt: skip
         row = {"init": init, "optimizer": opt_name, "lr": lr, "steps": args.steps,
-               "last20_loss": round(last["train_loss"], 3), "last20_acc": round(last["train_acc"], 3)}  # fmt: skip
+               "last20_loss": round(last.train_loss, 3), "last20_acc": round(last.train_acc, 3)}  # fmt: skip
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{args.model}, {args.image_size} px, batch 128, {args.steps} steps; mean of the last {tail} steps")
