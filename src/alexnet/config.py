@@ -77,6 +77,8 @@ class TrainConfig:
 
     # Augmentation
     crop: bool = True
+    # imagefolder: "paper" (a random S x S patch of the 256 image, the paper's) or "random-resized"
+    train_crop: str = "random-resized"
     crop_padding: int | None = None  # None: the dataset's default
     flip: bool = True
     rotate: float = 0.0
@@ -124,6 +126,7 @@ class TrainConfig:
             in_channels=self.in_channels,
             workers=self.workers,
             crop=self.crop,
+            train_crop=self.train_crop,
             flip=self.flip,
             rotate=self.rotate,
             translate=self.translate,
@@ -163,6 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         dropout=0.5,
         init="paper",
         crop=True,
+        train_crop="paper",
         flip=True,
         pca_color=0.1,
         tta="10crop",

@@ -9,9 +9,9 @@ import time
 import traceback
 
 from ..errors import AlexNetError
-from . import ablate, activations, bench, evaluate, export, filters, neighbors, predict, report, summary, train
+from . import ablate, activations, bench, evaluate, export, filters, neighbors, predict, prepare, report, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export, report, bench, filters, neighbors, activations, ablate)
+COMMANDS = (summary, prepare, train, evaluate, predict, export, report, bench, filters, neighbors, activations, ablate)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -60,6 +60,9 @@ ARGUMENTS: list[tuple[str, str, dict]] = [
                                        "that fit here (measured first), at most --epochs, and re-plan as it goes so that "
                                        "it ends in time with its schedule annealed (0: no budget)")),
     ("Augmentation", "--crop", dict(action=_BOOL, help="random crops (padded for small images, random-resized for folders)")),
+    ("Augmentation", "--train-crop", dict(choices=("paper", "random-resized"), help="imagefolder: paper: a random "
+                                          "S x S patch of the 256 px image (the paper preset's); random-resized: "
+                                          "torchvision's RandomResizedCrop (the default)")),
     ("Augmentation", "--crop-padding", dict(type=int, metavar="PX")),
     ("Augmentation", "--flip", dict(action=_BOOL, help="random horizontal flips")),
     ("Augmentation", "--rotate", dict(type=float, metavar="DEG")),

@@ -24,6 +24,7 @@ File names match with or without their extension.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import AlexNetError
 from .batch_transforms import center_crop_box
 from .locate import find_in_roots, search_roots
-from .sampling import EpochLoader, EpochSampler, mix_seed, stratified_split
+from .sampling import EpochLoader, EpochSampler, mix_seed, round_robin_head, stratified_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FILE_NAMES = ("val_labels.txt", "val.txt", "LOC_val_solution.csv")
@@ -66,17 +67,7 @@ class ImageList:
         """The first ``n`` images, taken round-robin over classes so a subset keeps every class."""
         if n is None or n >= len(self):
             return self
-        by_class: dict[int, list[int]] = {}
-        for i, t in enumerate(self.targets):
-            by_class.setdefault(t, []).append(i)
-        groups = [members for _, members in sorted(by_class.items())]
-        order: list[int] = []
-        depth = 0
-        while len(order) < n:
-            order.extend(g[depth] for g in groups if depth < len(g))
-            depth += 1
-        order = order[:n]
-        return self.take(order)
+        return self.take(round_robin_head(self.targets, n).tolist())
 
     def take(self, indices) -> ImageList:
         return ImageList([self.paths[i] for i in indices], [self.targets[i] for i in indices])
@@ -265,6 +256,7 @@ def decode_rgb(path: str) -> torch.Tensor:
     data = Path(path).read_bytes()
     if not data:
         raise ValueError("empty file")
+    check_header(data)
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -274,6 +266,26 @@ def decode_rgb(path: str) -> torch.Tensor:
     if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"decoded to an unexpected shape {tuple(image.shape)}")
     return image
+
+
+def check_header(data: bytes) -> None:
+    """Refuse, before decoding, a file whose header claims more pixels than ``MAX_PIXELS``: a
+    small file can claim 65535x65535, which the decoder would allocate (12 GiB) and fill."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import MAX_PIXELS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as header:  # reads the header only
+                w, h = header.size
+    except UnidentifiedImageError:
+        raise ValueError("not an image file (unknown format)") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"the header claims more than {2 * MAX_PIXELS:,} pixels") from None
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"the header claims {w}x{h} pixels, over the {MAX_PIXELS:,} allowed")
 
 
 def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,14 +13,16 @@ import torch
 
 from ..errors import AlexNetError
 from .batch_transforms import BatchEvalTransform, BatchTrainTransform
+from .store_loader import StoreEvalTransform, StoreLoader, StoreTrainTransform
 from .cifar10 import load_cifar10
 from .color import IMAGENET_MEAN, IMAGENET_STD, convert_stats, imagenet_pca, pca_in_model_space, pixel_moments
 from .config import DATASET_DEFAULTS, DataConfig, DatasetInfo, check_config, resolve_augmentation
 from .fashion_mnist import load_fashion_mnist
+from .image_store import is_store, open_store
 from .imagefolder import DecodedImages, ImageFolderLoader, locate_imagefolder, scan_train, scan_val
 from .in_memory import InMemoryLoader, SmallDataset
 from .preprocess import make_spec
-from .sampling import stratified_split
+from .sampling import round_robin_head, stratified_split
 from .synthetic import make_synthetic
 
 TTA_MODES = (None, "10crop")
@@ -77,6 +79,8 @@ def build_loaders(
         tta=tta,
     )
     if cfg.dataset == "imagefolder":
+        if is_store(cfg.data_dir) and not cfg.train_dir:
+            return _store_loaders(cfg, **common)
         return _imagefolder_loaders(cfg, **common)
     return _in_memory_loaders(cfg, **common)
 
@@ -298,5 +302,59 @@ def _imagefolder_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank
     train = ImageFolderLoader(train_ds, split="train", batch_size=batch_size, train=True, transform=train_tf, **shard)
     val = ImageFolderLoader(val_ds, split="val", batch_size=eval_batch_size, train=False, transform=val_tf, **shard)
     info = dataset_info(spec, aug, classes, len(train_images), len(val_images), f"{train_dir} and {val_dir}")
+    info.val_split, info.test_size = n_val, test_size
+    return train, val, info
+
+
+def _store_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, world_size, tta):
+    """Train and val loaders over a prepared store (``alexnet prepare``): --data-dir STORE."""
+    aug = resolve_augmentation(cfg)
+    store = open_store(cfg.data_dir)
+    size = cfg.image_size
+    if store.size < size:
+        raise AlexNetError(f"the store {store.root} holds {store.size} px images, smaller than --image-size {size}: "
+                           f"prepare it again with --size {max(256, size)}")  # fmt: skip
+    train_split = store.splits["train"]
+    train_pos = round_robin_head(train_split.labels, cfg.subset)
+    n_val = val_split_size(cfg, len(train_pos))
+    if n_val:
+        keep, apart = stratified_split(torch.from_numpy(train_split.labels[train_pos]), n_val)
+        train_pos, val_split, val_pos = train_pos[keep.numpy()], train_split, train_pos[apart.numpy()]
+    elif "val" in store.splits and len(store.splits["val"]):
+        val_split = store.splits["val"]
+        val_pos = round_robin_head(val_split.labels, cfg.subset)
+    else:
+        raise AlexNetError(f"the store {store.root} has no val split (its tree had no val/): give --val-split N "
+                           "to keep training images apart, or prepare a tree with val/")  # fmt: skip
+    test_size = len(store.splits["val"]) if "val" in store.splits else 0
+    if cfg.subset is not None and "val" in store.splits:
+        test_size = min(test_size, cfg.subset)
+    in_channels = cfg.in_channels or 3
+    mean, std = normalization(cfg, IMAGENET_MEAN, IMAGENET_STD, in_channels)
+    eigval = eigvec = None
+    if aug["pca_color"] > 0:
+        eigval, eigvec = imagenet_pca(in_channels)
+    spec = make_spec(dataset="imagefolder", image_size=size, in_channels=in_channels, mean=mean, std=std,
+                     crop_ratio=aug["eval_crop_ratio"], resize_dtype="uint8")  # fmt: skip
+    colour = dict(in_channels=in_channels, mean=mean, std=std)
+    train_tf = StoreTrainTransform(
+        crop=aug["train_crop"] if aug["crop"] else None,
+        image_size=size,
+        scale_min=aug["rrc_scale_min"],
+        flip=aug["flip"],
+        eval_resize=spec["resize"],
+        rotate=aug["rotate"],
+        translate=aug["translate"],
+        pca_color=aug["pca_color"],
+        eigval=eigval,
+        eigvec=eigvec,
+        **colour,
+    )
+    val_tf = StoreEvalTransform(image_size=size, resize_to=spec["resize"], ten_crop=tta == "10crop", **colour)
+    shard = dict(device=device, seed=seed, rank=rank, world_size=world_size)
+    train = StoreLoader(train_split, train_pos, batch_size=batch_size, train=True, transform=train_tf, **shard)
+    val = StoreLoader(val_split, val_pos, batch_size=eval_batch_size, train=False, transform=val_tf, **shard)
+    aug["store"] = {"path": str(store.root), "size": store.size, "skipped_when_prepared": len(store.skipped)}
+    info = dataset_info(spec, aug, store.classes, len(train_pos), len(val_pos), f"image store {store.root}")
     info.val_split, info.test_size = n_val, test_size
     return train, val, info

@@ -97,6 +97,20 @@ class EpochLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
 
+def round_robin_head(targets, n: int | None) -> np.ndarray:
+    """Positions of the first ``n`` samples taken round-robin over the classes (in class order,
+    each class in its stored order), so that a subset keeps every class; all when n is None."""
+    targets = np.asarray(targets)
+    if n is None or n >= len(targets):
+        return np.arange(len(targets))
+    order = np.argsort(targets, kind="stable")
+    sorted_t = targets[order]
+    starts = np.searchsorted(sorted_t, sorted_t, side="left")
+    depth = np.arange(len(targets)) - starts  # rank of each sample within its class
+    chosen = order[np.lexsort((sorted_t, depth))][:n]
+    return chosen
+
+
 # The validation split is a property of the dataset, not of the run: every seed, rank and
 # resumed run keeps the same images apart, so runs compare on the same images.
 VAL_SPLIT_SEED = 20120
