@@ -17,8 +17,14 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU) / mixed precision (CUDA); with --only ours")
     p.add_argument("--compile", action="store_true", help="torch.compile; with --only ours")
     p.add_argument("--only", choices=("both", "ours"), default="both", help="ours: time this package's pipeline alone")
-    p.add_argument("--data", choices=("fashion-mnist", "synthetic"), default="fashion-mnist",
-                   help="synthetic: generated images (with --only ours)")
+    p.add_argument("--data", choices=("fashion-mnist", "synthetic", "imagefolder"), default="fashion-mnist",
+                   help="synthetic: generated images (with --only ours); imagefolder: a tree or a prepared store "
+                        "(--data-dir, with --loader)")
+    p.add_argument("--loader", action="store_true", help="the input pipeline alone beside the training step alone, "
+                   "on the same device; names the bottleneck")
+    p.add_argument("--seconds", type=float, default=10.0, help="with --loader: how long each is timed")
+    p.add_argument("--train-crop", choices=("paper", "random-resized"), default="random-resized",
+                   help="with --loader on imagefolder: the training crop")
     p.add_argument("--in-channels", type=int, default=None, help="default: 1 for Fashion-MNIST, 3 for synthetic")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--infer-iters", type=int, default=3, help="timed batches per inference measurement")
@@ -32,6 +38,20 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     # Imported here, not at the top: the benchmark pulls in torchvision's datasets and the
     # baseline pipeline, which every other command would otherwise load at start-up.
+    from ..errors import AlexNetError
+
+    if args.loader:
+        from ..loader_speed import run as run_loader_speed
+
+        result = run_loader_speed(args)
+        if args.json:
+            import json
+            from pathlib import Path
+
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.data == "imagefolder":
+        raise AlexNetError("--data imagefolder times the input pipeline: add --loader")
     from ..bench import run as run_bench
 
     run_bench(args)
