@@ -46,6 +46,12 @@ def run(args) -> int:
     else:
         print(f"store {args.out}: {counts} images at {args.size} px; {report.written} shard(s) written, "
               f"{report.reused} kept from an earlier run")  # fmt: skip
+    if report.val_missing:
+        more = len(report.val_missing) - 10
+        missing = ", ".join(report.val_missing[:10]) + (f" and {more} more" if more > 0 else "")
+        print(f"note: {len(report.val_missing)} of the train classes have no validation image in the store, so "
+              f"validation cannot measure them: {missing} (val_missing_classes in "
+              f"{args.out}/manifest.json)", file=sys.stderr)  # fmt: skip
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable file(s), listed in {args.out}/manifest.json:", file=sys.stderr)
         for s in report.skipped[:20]:

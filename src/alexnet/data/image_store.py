@@ -21,7 +21,7 @@ every shard is in place, so a reader never sees a half-written store, and a kill
 resumes at the first shard it had not finished. A shard is reused when its source files
 (path, size, modification time), the size and the format are unchanged, so a second run
 on an unchanged tree does nothing. Unreadable files are skipped, named and counted in the
-manifest, never dropped silently.
+manifest, never dropped silently; so are train classes with no image in val (noted, not refused).
 
 Raw uint8 rather than re-encoded JPEG: reading a raw image is a copy, decoding a 256 px
 JPEG is not (benchmarks/decode.py measures both); a store at 256 px takes 192 KiB an image.
@@ -201,6 +201,7 @@ class PrepareReport:
     images: dict[str, int]  # split -> images in the store
     skipped: list[dict]  # {"split", "path", "reason"} for every file left out
     up_to_date: bool  # nothing to do: the store matched the tree
+    val_missing: list[str] = field(default_factory=list)  # train classes with no image in the store's val split
 
 
 def _file_entry(root: Path, path: str) -> str:
@@ -225,6 +226,12 @@ def plan_shards(images: ImageList, split: str, shard_images: int) -> list[ImageL
                                                             digest_size=8).digest())  # fmt: skip
     order = list(order)
     return [images.take(order[i : i + shard_images]) for i in range(0, len(order), shard_images)]
+
+
+def classes_without(classes: list[str], labels) -> list[str]:
+    """The classes none of ``labels`` (arrays of class indices) names, in class order."""
+    present = {int(v) for array in labels for v in np.unique(array)}
+    return [c for i, c in enumerate(classes) if i not in present]
 
 
 def _write_atomic(path: Path, writer) -> None:
@@ -297,12 +304,14 @@ def prepare_store(
             old = {}
         if old.get("fingerprint") == tree_fingerprint and old.get("version") == VERSION:
             try:
-                open_store(out)
+                current = open_store(out)
             except AlexNetError:
                 pass  # a shard was damaged since: rewrite what is needed below
             else:
                 counts = {n: e["count"] for n, e in old["splits"].items()}
-                return PrepareReport(0, sum(len(e) for e in keyed.values()), counts, old.get("skipped", []), True)
+                missing = classes_without(classes, [current.splits["val"].labels]) if "val" in current.splits else []
+                return PrepareReport(0, sum(len(e) for e in keyed.values()), counts, old.get("skipped", []), True,
+                                     missing)  # fmt: skip
         done = {s["file"]: s for e in old.get("splits", {}).values() for s in e["shards"]}
         done_skipped = {s["file"]: s.get("skipped", []) for s in old.get("shard_skips", [])}
     else:
@@ -374,6 +383,9 @@ def prepare_store(
     for partial in out.glob("*.partial"):
         partial.unlink()
     skipped_all = [s for name in keyed for f, _, _ in keyed[name] for s in state["skipped"][f]]
+    # A train class no val image stands for (none in val/, or all of them unreadable): said, not silent.
+    val_missing = classes_without(classes, [np.load(out / _labels_name(f)) for f, _, _ in keyed["val"]]) \
+        if "val" in keyed else []  # fmt: skip
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -389,8 +401,9 @@ def prepare_store(
                           "shards": [state["done"][f] for f, _, _ in entries]} for name, entries in keyed.items()},
         "shard_skips": [{"file": f, "skipped": state["skipped"][f]} for name in keyed for f, _, _ in keyed[name]],
         "skipped": skipped_all,
+        "val_missing_classes": val_missing,
     }  # fmt: skip
     _write_json(manifest_path, manifest)
     progress_path.unlink(missing_ok=True)
     counts = {name: manifest["splits"][name]["count"] for name in keyed}
-    return PrepareReport(len(pending), len(reused), counts, skipped_all, False)
+    return PrepareReport(len(pending), len(reused), counts, skipped_all, False, val_missing)

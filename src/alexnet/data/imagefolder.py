@@ -248,24 +248,54 @@ def _names(items: list[str], limit: int = 5) -> str:
 
 
 def decode_rgb(path: str) -> torch.Tensor:
-    """A JPEG or PNG file as uint8 (3, H, W); raises OSError/RuntimeError/ValueError if unreadable."""
-    # torchvision's image modules load only in processes that decode image folders (the
-    # loader's workers), not in every command that imports the data layer.
-    from torchvision.io import ImageReadMode, decode_image
+    """A JPEG or PNG file as uint8 (3, H, W); raises OSError/RuntimeError/ValueError if unreadable.
 
+    JPEGs go to TorchCodec's decoder where it is installed (torchvision 0.29 deprecates its own
+    decoders in its favour; both wrap libjpeg-turbo and decode at the same speed, as
+    benchmarks/decode.py measures), other files and the rest to torchvision's ``decode_image``,
+    and PIL where neither is importable. Greyscale, palette and CMYK come out as RGB, alpha dropped.
+    """
     data = Path(path).read_bytes()
     if not data:
         raise ValueError("empty file")
     check_header(data)
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    try:
+        image = _decode(data)
+    except (RuntimeError, ValueError) as e:  # the C++ decoders prefix their messages with a source location
+        raise ValueError(re.sub(r"^\w+, \S+:\d+, ", "", " ".join(str(e).split()))) from None
     if image.dtype == torch.uint16:  # 16-bit PNG
         image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
     if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"decoded to an unexpected shape {tuple(image.shape)}")
     return image
+
+
+def _decode(data: bytes) -> torch.Tensor:
+    # Imported here: the decoders load only in processes that decode image folders (the loader's
+    # workers, prepare's), not in every command that imports the data layer.
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if data[:2] == b"\xff\xd8":
+        try:
+            from torchcodec.decoders import decode_jpeg
+        except ImportError:
+            pass
+        else:
+            return decode_jpeg(buffer, mode="RGB")
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+    except ImportError:
+        return _decode_pil(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # see the docstring of decode_rgb
+        return decode_image(buffer, mode=ImageReadMode.RGB)
+
+
+def _decode_pil(data: bytes) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
 def check_header(data: bytes) -> None:

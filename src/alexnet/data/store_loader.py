@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AlexNetError
-from .batch_transforms import BatchEvalTransform, BatchTrainTransform, random_flip, resize, to_device
+from .batch_transforms import BatchEvalTransform, BatchTrainTransform, resize, to_device
 from .image_store import StoreSplit
 from .imagefolder import RRC_RATIO
 from .sampling import EpochLoader, EpochSampler, mix_seed
@@ -49,12 +49,11 @@ def gather(split: StoreSplit, index: np.ndarray, pin: bool = False) -> torch.Ten
 # ---------------------------------------------------------------- geometry on the device
 
 
-def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """A random size x size patch of each (B, C, H, W) sample (the paper's training crop)."""
-    b, c, h, w = x.shape
+def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """The size x size patch at (top[i], left[i]) of each (B, C, H, W) sample, as one gather."""
+    b, c = x.shape[:2]
     dev = x.device
-    top = to_device(torch.randint(0, h - size + 1, (b,), generator=gen), dev)
-    left = to_device(torch.randint(0, w - size + 1, (b,), generator=gen), dev)
+    top, left = to_device(top, dev), to_device(left, dev)
     rows = top[:, None] + torch.arange(size, device=dev)  # (B, size)
     cols = left[:, None] + torch.arange(size, device=dev)
     bi = torch.arange(b, device=dev)[:, None, None, None]
@@ -116,26 +115,74 @@ def square_ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class StoreTrainTransform:
-    """uint8 (B, 3, S0, S0) store images -> float32 (B, in_channels, S, S), augmented."""
+    """uint8 (B, 3, S0, S0) store images -> float32 (B, in_channels, S, S), augmented.
 
-    def __init__(self, *, crop: str | None, image_size: int, scale_min: float, flip: bool, eval_resize: int, **colour):
+    The random draws come from the CPU generator in one order on every device (flips, crop
+    boxes, then colour noise), so a seed gives the same augmentation on any device. On the
+    CPU the crops are cut and resized per sample on uint8 (memory copies and PyTorch's
+    vectorised uint8 resize); on a GPU as one batched gather or grid_sample.
+    """
+
+    def __init__(self, *, crop: str | None, image_size: int, scale_min: float, flip: bool, eval_resize: int,
+                 in_channels: int, mean=None, std=None, rotate: float = 0.0, translate: float = 0.0,
+                 pca_color: float = 0.0, eigval=None, eigvec=None):  # fmt: skip
         self.crop, self.size, self.scale = crop, image_size, (scale_min, 1.0)
-        self.flip, self.eval_resize = flip, eval_resize
-        self.rest = BatchTrainTransform(image_size=image_size, flip=False, **colour)
+        self.flip, self.eval_resize, self.pca_color = flip, eval_resize, pca_color
+        # Three channels and no affine: the colour steps fold into one multiply-add per pixel.
+        self.fused = in_channels == 3 and rotate <= 0 and translate <= 0
+        self.rest = BatchTrainTransform(image_size=image_size, in_channels=in_channels, mean=mean, std=std,
+                                        rotate=rotate, translate=translate, pca_color=0.0 if self.fused else pca_color,
+                                        eigval=eigval, eigvec=eigvec)  # fmt: skip
+        f64 = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+        self.mean, self.std = f64(mean), f64(std)
+        self.eigval, self.eigvec = f64(eigval), f64(eigvec)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        flips = torch.rand(b, generator=gen) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)
         if self.crop == "paper":
-            x = random_crop(x, self.size, gen)
+            boxes = torch.stack([torch.randint(0, h - self.size + 1, (b,), generator=gen),
+                                 torch.randint(0, w - self.size + 1, (b,), generator=gen)], 1)  # fmt: skip
+            boxes = torch.cat([boxes, torch.full((b, 2), self.size)], 1).to(torch.float64)
         elif self.crop == "random-resized":
-            boxes = random_resized_boxes(x.shape[0], x.shape[-2], x.shape[-1], self.scale, gen)
-            x = resized_crop(x.to(torch.float32), boxes, self.size)  # 0..255 floats; the rest divides
-        else:  # no crop: what evaluation sees
-            x = resize(x.to(torch.float32), self.eval_resize)
+            boxes = random_resized_boxes(b, h, w, self.scale, gen)
+        else:  # no crop: the centre crop evaluation sees, from the eval resize
+            x = resize(x.to(torch.float32), self.eval_resize).round_().clamp_(0, 255).to(torch.uint8)
             top = (self.eval_resize - self.size) // 2
-            x = x[:, :, top : top + self.size, top : top + self.size]
-        if self.flip:
-            x = random_flip(x, gen)
-        return self.rest(x, gen)
+            boxes = torch.tensor([[top, top, self.size, self.size]] * b, dtype=torch.float64)
+        x = self._crop(x, boxes, flips)
+        if not self.fused:
+            return self.rest(x, gen)
+        return self._colour(x, gen)
+
+    def _crop(self, x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        s = self.size
+        if x.device.type == "cpu":
+            out = torch.empty((x.shape[0], x.shape[1], s, s), dtype=x.dtype)
+            for i, ((top, left, bh, bw), flip) in enumerate(zip(boxes.int().tolist(), flips.tolist())):
+                patch = x[i : i + 1, :, top : top + bh, left : left + bw]
+                if (bh, bw) != (s, s):
+                    patch = F.interpolate(patch, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+                out[i] = patch[0].flip(-1) if flip else patch[0]
+            return out
+        if bool((boxes[:, 2:] == s).all()):  # every box already the output's size: a gather
+            x = crop_at(x, boxes[:, 0].long(), boxes[:, 1].long(), s)
+        else:
+            x = resized_crop(x.to(torch.float32), boxes, s)
+        return torch.where(to_device(flips, x.device)[:, None, None, None], x.flip(-1), x)
+
+    def _colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """uint8 or 0..255 float -> ((x / 255 + pca offset) - mean) / std, as one multiply-add."""
+        b = x.shape[0]
+        offset = torch.zeros(b, 3, dtype=torch.float64)
+        if self.pca_color > 0:
+            alpha = torch.randn(b, self.eigval.shape[0], generator=gen, dtype=torch.float64) * self.pca_color
+            offset = (alpha * self.eigval) @ self.eigvec.T  # (B, 3)
+        mean = self.mean if self.mean is not None else torch.zeros(3, dtype=torch.float64)
+        std = self.std if self.std is not None else torch.ones(3, dtype=torch.float64)
+        scale = to_device((1 / (255 * std)).reshape(1, 3, 1, 1), x.device, torch.float32)
+        shift = to_device(((offset - mean) / std).reshape(b, 3, 1, 1), x.device, torch.float32)
+        return x.to(torch.float32).mul_(scale).add_(shift)
 
 
 class StoreEvalTransform:
