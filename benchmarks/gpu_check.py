@@ -16,7 +16,10 @@ one table of training throughput.
    on 1 GPU must be refused in one line);
 7. ``alexnet bench --device cuda --only ours --data synthetic``: the three models at their
    native size, 3 channels, 1000 classes, batch 256, bfloat16 and channels_last, eager and
-   ``--compile``: one table of training and inference images/s and peak memory.
+   ``--compile``: one table of training and inference images/s and peak memory;
+8. ``alexnet prepare`` of a small JPEG tree, training from the store on the device with the
+   paper's crop and the random-resized one, 10-crop evaluation, and ``alexnet bench --loader``
+   reading the folder and the store (the loader beside the step, and the bottleneck).
 
 Prints PASS or FAIL per check and the table; exits 0 when everything passed, 1 when something
 failed, and 2 (one line) where no GPU is present. ``--device cpu`` runs the same script on the
@@ -210,12 +213,62 @@ def throughput_table(ctx) -> list[tuple]:
     return table
 
 
+def write_noise_tree(root: Path, classes: int = 4, per_class: int = 24, val_per_class: int = 4) -> None:
+    """A small JPEG tree (smooth random colour fields, ~400x350 px, quality 90) with one truncated
+    file: the GPU machine may have no dataset at all."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                small = rng.integers(0, 256, (7, 8, 3), dtype=np.uint8)
+                w, h = int(rng.integers(360, 440)), int(rng.integers(315, 385))
+                Image.fromarray(small).resize((w, h), Image.BICUBIC).save(folder / f"{k}.JPEG", quality=90)
+    cut = root / "train" / "n00000000" / "0.JPEG"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+
+
+def image_store(ctx) -> None:
+    """8. ``alexnet prepare``, training and 10-crop evaluation from the store on the device, and
+    ``bench --loader`` reading the folder and the store."""
+    tree, store, runs = ctx.out / "jpeg-tree", ctx.out / "jpeg-store", ctx.out / "runs"
+    size = 63 if ctx.dry else 227
+    with ctx.checks.check("alexnet prepare of a JPEG tree (one truncated file skipped and named)"):
+        write_noise_tree(tree)
+        code, out, err = alexnet("prepare", tree, "--out", store, "--no-progress")
+        expect(code, out, err)
+        assert "skipped 1 unreadable" in err and "0.JPEG" in err, err
+        print(f"      {out.strip()}")
+    for crop in ("paper", "random-resized"):
+        with ctx.checks.check(f"train alexnet_paper from the store on {ctx.dev} (--train-crop {crop}), eval --tta 10crop"):
+            run = runs / f"store-{crop}"
+            expect(*alexnet("train", "--no-progress", "--dataset", "imagefolder", "--data-dir", store, "--model",
+                            "alexnet_paper", "--image-size", size, "--batch-size", 16, "--epochs", 1, "--max-steps", 3,
+                            "--train-crop", crop, "--pca-color", "0.1", "--amp", "--device", ctx.dev, "--out", run))  # fmt: skip
+            result = json.loads(expect(*alexnet("eval", "--checkpoint", run / "checkpoints" / "last.pt", "--tta", "10crop",
+                                                "--json", "--device", ctx.dev)))  # fmt: skip
+            assert result["n"] == 16 and 0 <= result["top1"] <= 1, result
+    for source, where in (("folder", tree), ("store", store)):
+        with ctx.checks.check(f"bench --loader on {ctx.dev}, reading the {source}"):
+            out = expect(*alexnet("bench", "--loader", "--data", "imagefolder", "--data-dir", where, "--device", ctx.dev,
+                                  "--image-size", size, "--batch-size", 16 if ctx.dry else 128, "--amp",
+                                  "--train-crop", "paper", "--seconds", 2 if ctx.dry else 10))  # fmt: skip
+            ctx.log(out)
+            for line in out.strip().splitlines()[-3:]:
+                print(f"      {line}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (the check); cpu: a small dry run of this script")
     p.add_argument("--out", default=None, help="folder for the log, the runs and results.json (default: a temporary one)")
-    p.add_argument("--only", nargs="+", choices=("tests", "runs", "bench"), default=("tests", "runs", "bench"),
-                   help="run only these parts: the device tests (1), the command-line runs (2-6), the table (7)")
+    p.add_argument("--only", nargs="+", choices=("tests", "runs", "bench", "data"), default=("tests", "runs", "bench", "data"),
+                   help="run only these parts: the device tests (1), the command-line runs (2-6), the table (7), "
+                        "the image store (8)")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps per round of each bench")
     args = p.parse_args(argv)
 
@@ -265,6 +318,8 @@ def main(argv=None) -> int:
         device_tests(ctx)
     if "runs" in args.only:
         command_line_runs(ctx)
+    if "data" in args.only:
+        image_store(ctx)
     if "bench" in args.only:
         table = throughput_table(ctx)
 
