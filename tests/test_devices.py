@@ -19,6 +19,7 @@ import alexnet
 from alexnet.data import DataConfig, build_loaders
 from alexnet.data.batch_transforms import BatchEvalTransform, BatchTrainTransform
 from alexnet.data.color import imagenet_pca
+from alexnet.data.store_loader import StoreEvalTransform, StoreTrainTransform
 from alexnet.engine.checkpoint import read_checkpoint, restore_training, save_checkpoint
 from alexnet.engine.evaluate import evaluate
 from alexnet.engine.optim import LRSchedule, create_optimizer
@@ -122,6 +123,26 @@ def test_batch_transforms_keep_to_their_device_and_never_wait(device):
     assert audit.mixed == []
     # The constants (mean, std, PCA) reach each device once, from pinned memory: no waiting.
     assert audit.syncs == []
+
+
+@pytest.mark.parametrize("device", AUDITED)
+def test_store_transforms_keep_to_their_device_and_never_wait(device):
+    """The image store's batches (uint8 256-style squares): the paper's crop (a gather) and the
+    random-resized one (grid_sample), with flips and PCA noise; the ten crops of evaluation."""
+    with audited(device) as (audit, dev):
+        eigval, eigvec = imagenet_pca(3)
+        colour = dict(in_channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, device=dev)
+        gen = torch.Generator().manual_seed(0)
+        for crop in ("paper", "random-resized"):
+            train = StoreTrainTransform(crop=crop, image_size=56, scale_min=0.08, flip=True, eval_resize=64,
+                                        pca_color=0.1, eigval=eigval, eigvec=eigvec, **colour)  # fmt: skip
+            for _ in range(2):
+                out = train(x, gen)
+                assert out.shape == (4, 3, 56, 56) and out.device.type == dev.type and out.dtype == torch.float32
+        ten = StoreEvalTransform(image_size=56, resize_to=72, ten_crop=True, **colour)
+        assert ten(x).shape == (4, 10, 3, 56, 56)
+    assert audit.mixed == [] and audit.syncs == [], audit.mixed + audit.syncs
 
 
 def train_steps(device: str, steps: int, *, optimizer: str, clip: bool = True, float16: bool = False):

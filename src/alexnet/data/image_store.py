@@ -34,6 +34,8 @@ import json
 import multiprocessing
 import os
 import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,13 +219,14 @@ def _fingerprint(parts: list[str]) -> str:
     return h.hexdigest()[:32]
 
 
-def plan_shards(images: ImageList, split: str, shard_images: int) -> list[ImageList]:
+def plan_shards(images: ImageList, split: str, shard_images: int, root: str | Path) -> list[ImageList]:
     """The split's files cut into shards; training files first ordered by a hash of their path
-    so that each shard mixes the classes, stably when files are added or removed."""
+    in the tree ``root`` so that each shard mixes the classes, stably when files are added or
+    removed and wherever the tree is (a moved or copied tree keeps its shards)."""
     order = range(len(images))
     if split == "train":
-        order = sorted(order, key=lambda i: hashlib.blake2b(images.paths[i].encode("utf-8", "surrogateescape"),
-                                                            digest_size=8).digest())  # fmt: skip
+        key = lambda i: os.path.relpath(images.paths[i], root).encode("utf-8", "surrogateescape")  # noqa: E731
+        order = sorted(order, key=lambda i: hashlib.blake2b(key(i), digest_size=8).digest())
     order = list(order)
     return [images.take(order[i : i + shard_images]) for i in range(0, len(order), shard_images)]
 
@@ -232,6 +235,12 @@ def classes_without(classes: list[str], labels) -> list[str]:
     """The classes none of ``labels`` (arrays of class indices) names, in class order."""
     present = {int(v) for array in labels for v in np.unique(array)}
     return [c for i, c in enumerate(classes) if i not in present]
+
+
+def _progress(items, bar):
+    for item in items:
+        bar.update(1)
+        yield item
 
 
 def _write_atomic(path: Path, writer) -> None:
@@ -284,7 +293,7 @@ def prepare_store(
     elif val_dir:
         raise AlexNetError(f"validation directory {val} does not exist")
 
-    plans = {name: plan_shards(images, name, shard_images) for name, images in splits.items()}
+    plans = {name: plan_shards(images, name, shard_images, src) for name, images in splits.items()}
     # One fingerprint per shard: its files, the size, the store format, the labels.
     keyed: dict[str, list[tuple[str, ImageList, str]]] = {}
     for name, shards in plans.items():
@@ -324,56 +333,65 @@ def prepare_store(
                 done_skipped.update(state.get("skipped", {}))
         except (OSError, ValueError, KeyError):
             pass
-    # From here on the directory is being changed: no manifest until every shard is in place.
-    _write_json(progress_path, {"version": VERSION, "done": {}, "skipped": {}})
-    manifest_path.unlink(missing_ok=True)
-
     def still_good(file: str, fp: str) -> bool:
         entry = done.get(file)
         if entry is None or entry.get("fingerprint") != fp:
             return False
         try:
-            array = np.load(out / file, mmap_mode="r")
-            labels = np.load(out / _labels_name(file), mmap_mode="r")
+            array = np.load(out / file, mmap_mode="r" if entry["count"] else None)
+            labels = np.load(out / _labels_name(file))
         except (OSError, ValueError):
             return False
         return array.shape == (entry["count"], 3, size, size) and labels.shape == (entry["count"],)
 
     state = {"version": VERSION, "done": {}, "skipped": {}}
     todo = [(name, file, shard, fp) for name, entries in keyed.items() for file, shard, fp in entries]
-    reused = [(n, f, s, fp) for n, f, s, fp in todo if still_good(f, fp)]
-    for _, file, _, fp in reused:
-        state["done"][file] = done[file]
-        state["skipped"][file] = done_skipped.get(file, [])
+    for _, file, _, fp in todo:
+        if still_good(file, fp):
+            state["done"][file] = done[file]
+            state["skipped"][file] = done_skipped.get(file, [])
+    reused = len(state["done"])
+    # From here on the directory is being changed: the progress record first (it marks the
+    # directory as an unfinished store), then no manifest until every shard is in place.
     _write_json(progress_path, state)
+    manifest_path.unlink(missing_ok=True)
     pending = [t for t in todo if t[1] not in state["done"]]
 
     workers = workers or os.cpu_count() or 1
     total = sum(len(shard) for _, _, shard, _ in pending)
     bar = tqdm(total=total, desc="prepare", unit="img", disable=not progress or total == 0, dynamic_ncols=True)
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) if pending else None
+    # An executor, not multiprocessing.Pool: a decoder that crashes its process (a segfault on a
+    # damaged file) breaks the executor, which raises; a Pool would wait for that file forever.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init) if pending else None  # fmt: skip
     try:
         for name, file, shard, fp in pending:
             jobs = [(p, size, min_side) for p in shard.paths]
             kept, labels, skipped = [], [], []
-            for (image, reason), path, target in zip(pool.imap(_decode_job, jobs, chunksize=4), shard.paths, shard.targets):
-                bar.update(1)
+            try:
+                results = list(_progress(pool.map(_decode_job, jobs, chunksize=4), bar))
+            except BrokenProcessPool:
+                raise AlexNetError(f"a decoding process crashed on one of the {len(jobs)} files of shard {file} "
+                                   f"({os.path.relpath(shard.paths[0], src)} ... {os.path.relpath(shard.paths[-1], src)}); "
+                                   f"the {len(state['done'])} shards finished are kept: remove or repair the file, or "
+                                   "prepare with --shard-images 1 --workers 1 to find it") from None  # fmt: skip
+            for (image, reason), path, target in zip(results, shard.paths, shard.targets):
                 if image is None:
                     skipped.append({"split": name, "path": os.path.relpath(path, src), "reason": reason})
                     continue
                 kept.append(image)
                 labels.append(target)
             array = np.stack(kept) if kept else np.zeros((0, 3, size, size), np.uint8)
+            del results, kept
             _write_atomic(out / _labels_name(file), lambda f: np.save(f, np.asarray(labels, dtype=np.int64)))
             _write_atomic(out / file, lambda f: np.save(f, array))
-            state["done"][file] = {"file": file, "count": len(kept), "fingerprint": fp}
+            state["done"][file] = {"file": file, "count": len(labels), "fingerprint": fp}
             state["skipped"][file] = skipped
             _write_json(progress_path, state)
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # Every shard is in place: remove what no longer belongs, then the manifest, last.
     wanted = {f for entries in keyed.values() for f, _, _ in entries}
@@ -406,4 +424,4 @@ def prepare_store(
     _write_json(manifest_path, manifest)
     progress_path.unlink(missing_ok=True)
     counts = {name: manifest["splits"][name]["count"] for name in keyed}
-    return PrepareReport(len(pending), len(reused), counts, skipped_all, False, val_missing)
+    return PrepareReport(len(pending), reused, counts, skipped_all, False, val_missing)

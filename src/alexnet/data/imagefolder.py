@@ -252,8 +252,10 @@ def decode_rgb(path: str) -> torch.Tensor:
 
     JPEGs go to TorchCodec's decoder where it is installed (torchvision 0.29 deprecates its own
     decoders in its favour; both wrap libjpeg-turbo and decode at the same speed, as
-    benchmarks/decode.py measures), other files and the rest to torchvision's ``decode_image``,
-    and PIL where neither is importable. Greyscale, palette and CMYK come out as RGB, alpha dropped.
+    benchmarks/decode.py measures), else to torchvision's ``decode_image``; every other file
+    (PNG) to PIL: torchvision 0.29's PNG decoder crashes the process (SIGSEGV) on any libpng
+    error, such as a damaged IDAT, where PIL raises. Greyscale, palette and CMYK come out as RGB,
+    alpha dropped.
     """
     data = Path(path).read_bytes()
     if not data:
@@ -263,8 +265,8 @@ def decode_rgb(path: str) -> torch.Tensor:
         image = _decode(data)
     except (RuntimeError, ValueError) as e:  # the C++ decoders prefix their messages with a source location
         raise ValueError(re.sub(r"^\w+, \S+:\d+, ", "", " ".join(str(e).split()))) from None
-    if image.dtype == torch.uint16:  # 16-bit PNG
-        image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    if image.dtype in (torch.uint16, torch.int32):  # 16-bit PNG
+        image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8).contiguous()
     if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"decoded to an unexpected shape {tuple(image.shape)}")
     return image
@@ -273,14 +275,15 @@ def decode_rgb(path: str) -> torch.Tensor:
 def _decode(data: bytes) -> torch.Tensor:
     # Imported here: the decoders load only in processes that decode image folders (the loader's
     # workers, prepare's), not in every command that imports the data layer.
+    if data[:2] != b"\xff\xd8":
+        return _decode_pil(data)  # see decode_rgb: not torchvision's PNG decoder
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    if data[:2] == b"\xff\xd8":
-        try:
-            from torchcodec.decoders import decode_jpeg
-        except ImportError:
-            pass
-        else:
-            return decode_jpeg(buffer, mode="RGB")
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError:
+        pass
+    else:
+        return decode_jpeg(buffer, mode="RGB")
     try:
         from torchvision.io import ImageReadMode, decode_image
     except ImportError:
@@ -293,8 +296,14 @@ def _decode(data: bytes) -> torch.Tensor:
 def _decode_pil(data: bytes) -> torch.Tensor:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        rgb = np.asarray(image.convert("RGB"))
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as image:
+            warnings.simplefilter("ignore")  # e.g. a palette's transparency, dropped as alpha is
+            if image.mode.startswith("I"):  # 16-bit grey: PIL's convert("RGB") would clip it at 255
+                return torch.from_numpy(np.asarray(image).astype(np.int32)).clamp(0, 65535).expand(3, -1, -1)
+            rgb = np.asarray(image.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL names a damaged file with OSError, SyntaxError, EOFError, zlib.error...
+        raise ValueError(" ".join(str(e).split()) or type(e).__name__) from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -314,6 +314,10 @@ def _store_loaders(cfg, *, device, batch_size, eval_batch_size, seed, rank, worl
     if store.size < size:
         raise AlexNetError(f"the store {store.root} holds {store.size} px images, smaller than --image-size {size}: "
                            f"prepare it again with --size {max(256, size)}")  # fmt: skip
+    if cfg.eval_crop_ratio is None:
+        # The paper's test crops come from the 256 image itself (224 or 227 of 256): the store's
+        # images are that image, so evaluation takes its crops without resizing again.
+        aug["eval_crop_ratio"] = size / store.size
     train_split = store.splits["train"]
     train_pos = round_robin_head(train_split.labels, cfg.subset)
     n_val = val_split_size(cfg, len(train_pos))

@@ -33,6 +33,10 @@ from .imagefolder import RRC_RATIO
 from .sampling import EpochLoader, EpochSampler, mix_seed
 
 PREFETCH = 2  # batches gathered ahead of the one the model is on
+# Each rank reads its own shards only where its pool holds at least this share of an even
+# split: every rank takes as many images as the smallest pool has, so uneven pools (2 shards
+# of 1024 and 276 images on 2 ranks) would leave most images out of every epoch.
+EVEN_POOLS = 0.9
 
 
 def gather(split: StoreSplit, index: np.ndarray, pin: bool = False) -> torch.Tensor:
@@ -118,9 +122,11 @@ class StoreTrainTransform:
     """uint8 (B, 3, S0, S0) store images -> float32 (B, in_channels, S, S), augmented.
 
     The random draws come from the CPU generator in one order on every device (flips, crop
-    boxes, then colour noise), so a seed gives the same augmentation on any device. On the
-    CPU the crops are cut and resized per sample on uint8 (memory copies and PyTorch's
-    vectorised uint8 resize); on a GPU as one batched gather or grid_sample.
+    boxes, then colour noise), so a seed gives the same crops, flips and noise on any device.
+    On the CPU the crops are cut and resized per sample on uint8 (memory copies and PyTorch's
+    vectorised, antialiased uint8 resize); on a GPU as one batched gather or grid_sample (float,
+    not antialiased), so random-resized pixels differ slightly between the two (a fraction of a
+    level on average, more at sharp edges); the paper's crop is the same pixels on both.
     """
 
     def __init__(self, *, crop: str | None, image_size: int, scale_min: float, flip: bool, eval_resize: int,
@@ -165,7 +171,7 @@ class StoreTrainTransform:
                     patch = F.interpolate(patch, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
                 out[i] = patch[0].flip(-1) if flip else patch[0]
             return out
-        if bool((boxes[:, 2:] == s).all()):  # every box already the output's size: a gather
+        if self.crop != "random-resized":  # every box already the output's size: a gather
             x = crop_at(x, boxes[:, 0].long(), boxes[:, 1].long(), s)
         else:
             x = resized_crop(x.to(torch.float32), boxes, s)
@@ -206,7 +212,8 @@ class StoreEvalTransform:
 class ShardSampler(EpochSampler):
     """Training under DDP with at least as many shards as ranks: rank r reads only shards r,
     r + world_size, ... (each node's page cache holds its own); each epoch it shuffles its
-    pool and every rank takes as many samples as the smallest pool has."""
+    pool and every rank takes as many samples as the smallest pool has (StoreLoader uses it
+    only where the pools are near even, ``EVEN_POOLS``)."""
 
     def __init__(self, shard_of: np.ndarray, batch_size: int, *, seed: int, rank: int, world_size: int):
         super().__init__(len(shard_of), batch_size, train=True, seed=seed, rank=rank, world_size=world_size)
@@ -247,7 +254,8 @@ class StoreLoader(EpochLoader):
         self.transform, self.device = transform, torch.device(device)
         self.seed, self.rank = seed, rank
         shard_of = split.shard_of(self.positions)
-        if train and world_size > 1 and len(np.unique(shard_of)) >= world_size:
+        pools = np.bincount(shard_of % world_size, minlength=world_size)
+        if train and world_size > 1 and pools.min() >= EVEN_POOLS * len(shard_of) / world_size:
             self.sampler = ShardSampler(shard_of, batch_size, seed=seed, rank=rank, world_size=world_size)
         else:
             self.sampler = EpochSampler(len(self.positions), batch_size, train=train, seed=seed, rank=rank,
@@ -260,9 +268,10 @@ class StoreLoader(EpochLoader):
         try:
             for idx in self.sampler.batches(self.epoch)[self.start_batch :]:
                 images = gather(self.split, self.positions[idx.numpy()], pin=pin)
+                labels = self.labels[idx].pin_memory() if pin else self.labels[idx]  # pageable: the copy would wait
                 while not stop.is_set():
                     try:
-                        out.put((images, self.labels[idx]), timeout=0.1)
+                        out.put((images, labels), timeout=0.1)
                         break
                     except queue.Full:
                         continue
