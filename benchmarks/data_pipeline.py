@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -33,20 +32,7 @@ from torchvision import transforms
 from alexnet.bench import PILFashionMNIST
 from alexnet.data import DataConfig, build_loaders, load_fashion_mnist
 from alexnet.errors import AlexNetError
-
-
-def cpu_seconds() -> float | None:
-    """CPU time (user + system) used so far by this process and its live children (the
-    DataLoader workers), from /proc; None where there is no /proc."""
-    total = 0
-    for pid in [os.getpid()] + [p.pid for p in multiprocessing.active_children()]:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
+from alexnet.loader_speed import cpu_seconds
 
 
 def measure(loader, *, batches: int, warmup: int, batch_size: int, epoch: int) -> tuple[float, float | None]:
