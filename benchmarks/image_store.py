@@ -137,9 +137,10 @@ def train_one(args) -> dict:
 
         def __iter__(self):
             for i, (x, y) in enumerate(loader):
-                if i == 2:
-                    self.cpu0, self.start = cpu_seconds(), time.perf_counter()
-                elif i > 2:
+                if self.start is None:
+                    if i == 2:  # the clock starts once, in the first epoch, not again in each
+                        self.cpu0, self.start = cpu_seconds(), time.perf_counter()
+                else:
                     self.images += x.shape[0]  # counted when the step on the previous batch is done
                     if time.perf_counter() - self.start >= args.train_seconds:
                         return
