@@ -153,7 +153,8 @@ class StoreTrainTransform:
         elif self.crop == "random-resized":
             boxes = random_resized_boxes(b, h, w, self.scale, gen)
         else:  # no crop: the centre crop evaluation sees, from the eval resize
-            x = resize(x.to(torch.float32), self.eval_resize).round_().clamp_(0, 255).to(torch.uint8)
+            if self.eval_resize != w:
+                x = resize(x.to(torch.float32), self.eval_resize).round_().clamp_(0, 255).to(torch.uint8)
             top = (self.eval_resize - self.size) // 2
             boxes = torch.tensor([[top, top, self.size, self.size]] * b, dtype=torch.float64)
         x = self._crop(x, boxes, flips)
